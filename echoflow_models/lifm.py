@@ -1,0 +1,242 @@
+"""LIFM: latent image flow matching with `SegDiTTransformer2DModel` (a diffusers DiT plus an LV-mask channel).
+
+noise -> latent image, conditioned on the echo view (a class label with a null row for guidance) and an
+optional binary LV mask concatenated to the latent before patch embedding. Keys and numerics follow the
+reference (diffusers 0.30.3 `DiTTransformer2DModel` blocks), so `lifm/<name>/` loads unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import sincos_2d, split_heads, timestep_features
+
+
+@dataclass
+class SegDiTConfig:
+    num_attention_heads: int = 16
+    attention_head_dim: int = 72
+    in_channels: int = 4
+    out_channels: int | None = None
+    num_layers: int = 28
+    dropout: float = 0.0
+    norm_num_groups: int = 32  # unused, kept so configs round-trip
+    attention_bias: bool = True
+    sample_size: int = 32
+    patch_size: int = 2
+    activation_fn: str = "gelu-approximate"
+    num_embeds_ada_norm: int = 1000
+    upcast_attention: bool = False
+    norm_type: str = "ada_norm_zero"
+    norm_elementwise_affine: bool = False
+    norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        if self.norm_type != "ada_norm_zero":
+            raise ValueError(f"SegDiT config: norm_type must be 'ada_norm_zero', got {self.norm_type!r}")
+        if self.activation_fn != "gelu-approximate":
+            raise ValueError(f"SegDiT config: activation_fn {self.activation_fn!r} is not supported")
+        if self.norm_elementwise_affine:
+            raise ValueError("SegDiT config: norm_elementwise_affine=True is not supported")
+        if self.sample_size % self.patch_size:
+            raise ValueError(f"SegDiT config: sample_size {self.sample_size} not divisible by patch_size")
+
+    @property
+    def latent_channels(self) -> int:
+        return self.out_channels or self.in_channels
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify + fixed 2-D sin-cos table (non-persistent: recomputed, never stored)."""
+
+    def __init__(self, sample_size: int, patch: int, in_ch: int, dim: int):
+        super().__init__()
+        self.patch = patch
+        self.base_grid = sample_size // patch
+        self.proj = nn.Conv2d(in_ch, dim, patch, stride=patch)
+        self.register_buffer("pos_embed", sincos_2d(dim, self.base_grid, self.base_grid)[None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gh, gw = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        tokens = self.proj(x).flatten(2).transpose(1, 2)  # [B, gh*gw, D]
+        if (gh, gw) == (self.base_grid, self.base_grid):
+            table = self.pos_embed
+        else:  # diffusers keeps the native grid's spacing for other sizes
+            table = sincos_2d(tokens.shape[-1], gh, gw, spacing=gh / self.base_grid)[None].to(x.device)
+        return (tokens + table).to(tokens.dtype)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(256, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(feats)))
+
+
+class LabelEmbedding(nn.Module):
+    """Class table with one extra row, the null class, used for guidance and label dropout."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels)
+
+
+class TimestepLabelEmbedding(nn.Module):
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedding(dim)
+        self.class_embedder = LabelEmbedding(num_classes, dim)
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        feats = timestep_features(t, 256, freq_shift=1.0).to(dtype)
+        return self.timestep_embedder(feats) + self.class_embedder(labels)
+
+
+class AdaLayerNormZero(nn.Module):
+    """Per-block conditioning -> (shift, scale, gate) for attention and MLP."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.emb = TimestepLabelEmbedding(num_classes, dim)
+        self.linear = nn.Linear(dim, 6 * dim)
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.linear(F.silu(self.emb(t, labels, dtype)))  # [B, 6D]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_k = nn.Linear(dim, dim, bias=bias)
+        self.to_v = nn.Linear(dim, dim, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.to_q, self.to_k, self.to_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
+        return self.to_out[0](out.transpose(1, 2).reshape(b, n, c))
+
+
+class GeluProj(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        # index 1 is the (parameter-free) dropout in diffusers; kept so key names stay `net.0` / `net.2`
+        self.net = nn.ModuleList([GeluProj(dim, mult * dim), nn.Identity(), nn.Linear(mult * dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: SegDiTConfig):
+        super().__init__()
+        dim = cfg.num_attention_heads * cfg.attention_head_dim
+        self.norm1 = AdaLayerNormZero(dim, cfg.num_embeds_ada_norm)
+        self.attn1 = SelfAttention(dim, cfg.num_attention_heads, cfg.attention_bias)
+        self.ff = FeedForward(dim)
+        self.norm_eps = cfg.norm_eps
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mods = self.norm1(t, labels, x.dtype)[:, None]  # [B, 1, 6D]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale_msa) + shift_msa
+        x = x + gate_msa * self.attn1(h)
+        h = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_mlp) + shift_mlp
+        return x + gate_mlp * self.ff(h)
+
+
+class SegDiTTransformer2DModel(nn.Module):
+    """`lifm(x, t, view, mask=None)` -> velocity.
+
+    x: [B, C, H, W] scaled latent; t: [B] (or scalar) flow time in [0, 1]; view: [B] long (0 A4C, 1 PSAX,
+    2 PLAX; `num_classes` is the null class); mask: [B, 1, H, W] in {0, 1} at latent size, zeros when None
+    (as the reference demo passes) -> velocity [B, out_channels, H, W].
+    """
+
+    config_class = SegDiTConfig
+    class_name = "SegDiTTransformer2DModel"
+
+    def __init__(self, config: SegDiTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.num_attention_heads * config.attention_head_dim
+        self.patch = config.patch_size
+        self.out_channels = config.latent_channels
+        self.pos_embed = PatchEmbed(config.sample_size, config.patch_size, config.in_channels, dim)
+        self.transformer_blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
+        self.proj_out_1 = nn.Linear(dim, 2 * dim)
+        self.proj_out_2 = nn.Linear(dim, config.patch_size**2 * self.out_channels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_embeds_ada_norm
+
+    @property
+    def mask_channels(self) -> int:
+        return self.config.in_channels - self.out_channels
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, view: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        b, _, h, w = x.shape
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
+        view = torch.as_tensor(view, device=x.device).reshape(-1).expand(b)
+        if self.mask_channels:
+            if mask is None:
+                mask = x.new_zeros(b, self.mask_channels, h, w)
+            x = torch.cat([x, mask.to(x.dtype)], dim=1)
+        elif mask is not None:
+            raise ValueError("this LIFM was built without a mask channel (in_channels == out_channels)")
+        tokens = self.pos_embed(x)  # [B, N, D]
+        for block in self.transformer_blocks:
+            tokens = block(tokens, t, view)
+        cond = self.transformer_blocks[0].norm1.emb(t, view, tokens.dtype)
+        shift, scale = self.proj_out_1(F.silu(cond))[:, None].chunk(2, dim=-1)
+        tokens = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6) * (1 + scale) + shift
+        return self.unpatchify(self.proj_out_2(tokens), h // self.patch, w // self.patch)
+
+    def unpatchify(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """[B, gh*gw, p*p*C] -> [B, C, gh*p, gw*p]."""
+        p, c = self.patch, self.out_channels
+        x = tokens.reshape(-1, gh, gw, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(-1, c, gh * p, gw * p)
+
+    def initialize_weights(self) -> None:
+        """DiT-paper initialisation for training from scratch: zeroed AdaLN-Zero and output layers."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        proj = self.pos_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        for block in self.transformer_blocks:
+            nn.init.normal_(block.norm1.emb.class_embedder.embedding_table.weight, std=0.02)
+            nn.init.normal_(block.norm1.emb.timestep_embedder.linear_1.weight, std=0.02)
+            nn.init.normal_(block.norm1.emb.timestep_embedder.linear_2.weight, std=0.02)
+            nn.init.zeros_(block.norm1.linear.weight)
+        nn.init.zeros_(self.proj_out_1.weight)
+        nn.init.zeros_(self.proj_out_2.weight)

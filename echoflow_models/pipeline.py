@@ -1,0 +1,358 @@
+"""`EchoFlowPipeline`: latent image -> privacy gate -> EF-conditioned latent video -> frames.
+
+Pure Python over the four networks; the CLI and the ComfyUI nodes are thin layers over it. Latents go in
+and out as float32 CPU tensors (scaled with `scaling.pt`), frames as uint8 `[..., H, W, 3]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .checkpoint import load_model
+from .reid import DEFAULT_TAU, GateReport, PrivacyGate
+from .sampling import StepCallback, guided_velocity, sample_flow, seeded_noise
+from .scaling import LatentScaler
+from .vae import AutoencoderKL, frames_to_model_range, model_range_to_frames
+from .weights import default_weights_root, gate_spec, resolve_model
+
+VIEWS = ("A4C", "PSAX", "PLAX")
+IMAGE_SIZE = 112
+RETRY_SEED_STRIDE = 100_003  # a retry after a gate rejection uses seed + k * stride
+
+
+class PrivacyGateError(RuntimeError):
+    """The gate could not clear any candidate, or no gate is configured: nothing is released."""
+
+
+def view_index(view: str | int) -> int:
+    if isinstance(view, int) and 0 <= view < len(VIEWS):
+        return view
+    if isinstance(view, str) and view.upper() in VIEWS:
+        return VIEWS.index(view.upper())
+    raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+
+
+def _mask_batch(mask: torch.Tensor | np.ndarray | Image.Image) -> torch.Tensor:
+    """Any mask -> float [B, H, W]."""
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    mask = torch.as_tensor(mask).float()
+    if mask.ndim == 2:
+        mask = mask[None]
+    elif mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be [H, W], [B, H, W] or [B, 1, H, W], got shape {tuple(mask.shape)}")
+    return mask
+
+
+def preprocess_mask(mask: torch.Tensor | np.ndarray | Image.Image, latent_size: int) -> torch.Tensor:
+    """An LV mask at any size -> binary float [B, 1, latent, latent], as the reference demo prepares it.
+
+    Image-size masks: 8-bit grayscale -> autocontrast -> threshold at 127 -> LANCZOS to 112x112 ->
+    bilinear to the latent size -> (> 0). A mask already at the latent size is only binarised (> 0.5).
+    Values may be in [0, 1] (ComfyUI MASK) or [0, 255].
+    """
+    batch = _mask_batch(mask)
+    if batch.shape[-2:] == (latent_size, latent_size):
+        return (batch > 0.5).float()[:, None]
+    scale = 255.0 if batch.max() <= 1.0 else 1.0
+    prepared = []
+    for item in batch:
+        pil = Image.fromarray((item * scale).clamp(0, 255).round().to(torch.uint8).numpy(), mode="L")
+        pil = ImageOps.autocontrast(pil, cutoff=0)
+        pil = pil.point(lambda v: 255 if v > 127 else 0)
+        pil = pil.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+        prepared.append(torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0))
+    stacked = torch.stack(prepared)[:, None]  # [B, 1, 112, 112]
+    small = F.interpolate(stacked, size=(latent_size, latent_size), mode="bilinear", align_corners=False)
+    return (small > 0).float()
+
+
+def ef_fractions(ef: float | Sequence[float] | torch.Tensor, batch: int) -> torch.Tensor:
+    """EF in percent (scalar or per sample) -> float32 [B] fractions, validated."""
+    values = torch.as_tensor(ef, dtype=torch.float32).reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(batch)
+    if values.numel() != batch:
+        raise ValueError(f"got {values.numel()} EF values for a batch of {batch}")
+    if not torch.isfinite(values).all() or (values < 0).any() or (values > 100).any():
+        raise ValueError(f"EF must be a percentage in [0, 100], got {values.tolist()}")
+    return values / 100.0
+
+
+@dataclass
+class GenerationResult:
+    frames: torch.Tensor  # uint8 [T, H, W, 3]
+    latent_image: torch.Tensor  # [C, h, w]
+    latent_video: torch.Tensor  # [C, T, h, w]
+    report: GateReport
+    seed: int
+    tries: int
+    ef: float
+    view: str
+    fps: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EchoFlowPipeline:
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        scaler: LatentScaler,
+        lifm: torch.nn.Module | None = None,
+        lvfm: torch.nn.Module | None = None,
+        gates: dict[str, PrivacyGate] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        fps: float = 32.0,
+    ):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        # diffusers' `force_upcast`: the A-VAE runs in float32 when float16 was asked for (bf16 is safe).
+        self.vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
+        self.vae = vae.to(self.device, self.vae_dtype).eval()
+        self.scaler = scaler
+        self.lifm = lifm.to(self.device, dtype).eval() if lifm is not None else None
+        self.lvfm = lvfm.to(self.device, dtype).eval() if lvfm is not None else None
+        self.gates = dict(gates or {})
+        self.fps = fps
+        if scaler.channels != vae.latent_channels:
+            raise ValueError(
+                f"scaling.pt has {scaler.channels} channels but the VAE has {vae.latent_channels} latent channels"
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_folder(
+        cls,
+        root: str | Path | None = None,
+        vae: str | None = None,
+        lifm: str | None = None,
+        lvfm: str | None = None,
+        views: Sequence[str] = VIEWS,
+        tau: float | None = None,
+        similarity: str = "pearson",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        load_generators: bool = True,
+    ) -> EchoFlowPipeline:
+        """Load everything from a weights root in the released layout (default: the bundled demo weights)."""
+        root = Path(root) if root else default_weights_root()
+        if not root.is_dir():
+            raise FileNotFoundError(f"weights folder {root} does not exist")
+        vae_model = load_model(resolve_model(root, "vae", vae), device, torch.float32)
+        scaler = LatentScaler.load(root / "assets" / "scaling.pt")
+        lifm_model = lvfm_model = None
+        if load_generators:
+            lifm_model = load_model(resolve_model(root, "lifm", lifm), device, dtype)
+            lvfm_model = load_model(resolve_model(root, "lvfm", lvfm), device, dtype)
+        gates = {}
+        for view in views:
+            spec = gate_spec(root, view)
+            gate_tau = tau if tau is not None else (spec.tau or DEFAULT_TAU)
+            gates[view] = PrivacyGate.from_folder(
+                spec.reid_folder, spec.bank_paths, gate_tau, similarity, device=device, view=view
+            )
+        return cls(vae_model, scaler, lifm_model, lvfm_model, gates, device, dtype)
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        if self.lifm is not None:
+            size = self.lifm.config.sample_size
+            return (self.lifm.out_channels, size, size)
+        if self.lvfm is not None:
+            _, h, w = self.lvfm.config.input_size
+            return (self.lvfm.latent_channels, h, w)
+        size = IMAGE_SIZE // self.vae.downscale_factor
+        return (self.vae.latent_channels, size, size)
+
+    def _require(self, model: torch.nn.Module | None, what: str) -> torch.nn.Module:
+        if model is None:
+            raise RuntimeError(f"this pipeline was built without the {what}; load one first")
+        return model
+
+    # ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample_images(
+        self,
+        view: str | int,
+        mask: torch.Tensor | np.ndarray | Image.Image | None = None,
+        steps: int = 50,
+        solver: str = "euler",
+        seed: int = 0,
+        batch_size: int = 1,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Latent images [B, C, h, w] for one view; sample i uses seed + i."""
+        lifm = self._require(self.lifm, "image flow model (LIFM)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        c, h, w = self.latent_shape
+        labels = torch.full((batch_size,), view_index(view), dtype=torch.long, device=self.device)
+        seg = None
+        if mask is not None:
+            seg = preprocess_mask(mask, h)
+            if seg.shape[0] not in (1, batch_size):
+                raise ValueError(f"got {seg.shape[0]} masks for a batch of {batch_size}; pass 1 or {batch_size}")
+            seg = seg.expand(batch_size, -1, -1, -1).to(self.device, self.dtype)
+        noise = seeded_noise((c, h, w), range(seed, seed + batch_size), self.device, self.dtype)
+
+        def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return lifm(z, t, labels, seg)
+
+        return sample_flow(velocity, noise, steps, solver, callback).float().cpu()
+
+    def check_privacy(self, latents: torch.Tensor, view: str | int) -> GateReport:
+        """Fails closed: without a gate for the view this raises instead of passing anything."""
+        name = VIEWS[view_index(view)]
+        gate = self.gates.get(name)
+        if gate is None:
+            raise PrivacyGateError(
+                f"no privacy gate loaded for view {name}; refusing to judge latents as private. Load the "
+                "view's ReID model and anatomy banks."
+            )
+        return gate.check(latents)
+
+    @torch.inference_mode()
+    def animate(
+        self,
+        latents: torch.Tensor,
+        ef: float | Sequence[float] | torch.Tensor,
+        steps: int = 50,
+        solver: str = "euler",
+        guidance: float = 1.0,
+        seed: int = 0,
+        callback: StepCallback | None = None,
+        num_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Latent images [B, C, h, w] + EF (percent) -> latent videos [B, C, T, h, w].
+
+        Guidance != 1 contrasts the EF-conditioned velocity with the null-EF one: the same conditioning
+        image with the EF token replaced by the checkpoint's null caption (`y_embedding`), which is what
+        the STDiT saw for the `class_dropout_prob` share of training steps.
+        """
+        lvfm = self._require(self.lvfm, "video flow model (LVFM)")
+        if latents.ndim != 4 or latents.shape[1] != lvfm.latent_channels:
+            raise ValueError(
+                f"animate expects latent images [B, {lvfm.latent_channels}, h, w], got {tuple(latents.shape)}"
+            )
+        b, c, h, w = latents.shape
+        frames = num_frames or lvfm.num_frames
+        cond = latents.to(self.device, self.dtype)
+        ef_frac = ef_fractions(ef, b).to(self.device, self.dtype)
+        keep = torch.zeros(b, dtype=torch.bool, device=self.device)
+        velocity = guided_velocity(
+            lvfm,
+            {"ef": ef_frac, "cond": cond, "drop_ef": keep},
+            {"ef": ef_frac, "cond": cond, "drop_ef": ~keep},
+            float(guidance),
+        )
+        noise = seeded_noise((c, frames, h, w), range(seed, seed + b), self.device, self.dtype)
+        return sample_flow(velocity, noise, steps, solver, callback).float().cpu()
+
+    @torch.inference_mode()
+    def decode(
+        self, latents: torch.Tensor, chunk_size: int = 16, callback: StepCallback | None = None
+    ) -> torch.Tensor:
+        """Scaled latents [B, C, h, w] or [B, C, T, h, w] -> uint8 [B, H, W, 3] or [B, T, H, W, 3],
+        decoding at most `chunk_size` frames at a time so memory stays bounded."""
+        if latents.ndim == 5:
+            b, c, t, h, w = latents.shape
+            flat = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        elif latents.ndim == 4:
+            flat = latents
+        else:
+            raise ValueError(f"decode expects [B, C, h, w] or [B, C, T, h, w] latents, got {tuple(latents.shape)}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        out = []
+        chunks = flat.split(chunk_size)
+        for i, chunk in enumerate(chunks):
+            z = self.scaler.unscale(chunk.to(self.device, torch.float32)).to(self.vae_dtype)
+            out.append(model_range_to_frames(self.vae.decode(z)).cpu())
+            if callback is not None:
+                callback(i + 1, len(chunks), chunk)
+        pixels = torch.cat(out)
+        if latents.ndim == 5:
+            return pixels.reshape(b, t, *pixels.shape[1:])
+        return pixels
+
+    @torch.inference_mode()
+    def encode(self, frames: torch.Tensor | np.ndarray, chunk_size: int = 32) -> torch.Tensor:
+        """uint8 frames [N, H, W] / [N, H, W, 3] -> scaled latents [N, C, h, w] (posterior means)."""
+        x = frames_to_model_range(torch.as_tensor(frames))
+        out = []
+        for chunk in x.split(chunk_size):
+            mean = self.vae.encode(chunk.to(self.device, self.vae_dtype)).mean
+            out.append(self.scaler.scale(mean.float()).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        view: str = "A4C",
+        ef: float = 55.0,
+        seed: int = 0,
+        image_steps: int = 50,
+        video_steps: int = 50,
+        solver: str = "euler",
+        guidance: float = 1.0,
+        mask: torch.Tensor | np.ndarray | Image.Image | None = None,
+        max_tries: int = 8,
+        progress: Callable[[str], StepCallback | None] | None = None,
+    ) -> GenerationResult:
+        """The whole chain for one video, retrying the latent image with new seeds while the gate rejects.
+
+        `progress(stage)` may return a step callback for each stage ("image", "video", "decode").
+        """
+
+        def stage(name: str) -> StepCallback | None:
+            return progress(name) if progress is not None else None
+
+        timings: dict[str, float] = {}
+        reports = []
+        for attempt in range(max_tries):
+            try_seed = seed + attempt * RETRY_SEED_STRIDE
+            start = time.perf_counter()
+            image = self.sample_images(view, mask, image_steps, solver, try_seed, 1, stage("image"))
+            timings["image_s"] = timings.get("image_s", 0.0) + time.perf_counter() - start
+            start = time.perf_counter()
+            report = self.check_privacy(image, view)
+            timings["gate_s"] = timings.get("gate_s", 0.0) + time.perf_counter() - start
+            reports.append(report)
+            if report.items[0].passed:
+                break
+        else:
+            sims = ", ".join(f"{r.items[0].max_similarity:.6f}" for r in reports)
+            raise PrivacyGateError(
+                f"the privacy gate rejected all {max_tries} latent images (max similarities {sims} >= "
+                f"tau {reports[-1].tau:g}); nothing was released. Try another seed or a larger --max-tries."
+            )
+        start = time.perf_counter()
+        video = self.animate(image, ef, video_steps, solver, guidance, try_seed, stage("video"))
+        timings["video_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        frames = self.decode(video, callback=stage("decode"))[0]
+        timings["decode_s"] = time.perf_counter() - start
+        return GenerationResult(
+            frames=frames,
+            latent_image=image[0],
+            latent_video=video[0],
+            report=report,
+            seed=try_seed,
+            tries=attempt + 1,
+            ef=float(ef),
+            view=VIEWS[view_index(view)],
+            fps=self.fps,
+            timings=timings,
+        )

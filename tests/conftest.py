@@ -1,0 +1,72 @@
+"""Shared fixtures: the reference goldens and tiny checkpoints in the released layout."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests are small; one thread each keeps them deterministic and friendly to 2-core CI machines.
+torch.set_num_threads(int(os.environ.get("ECHOFLOW_TEST_THREADS", "1")))
+
+FIXTURES = Path(__file__).parent / "fixtures" / "echoflow-reference"
+
+
+def reference_weight(key: str, like: torch.Tensor) -> torch.Tensor:
+    """The fixtures' documented weight rule (README of echoflow-reference)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if key.endswith("num_batches_tracked"):
+        return like.clone()
+    if key.endswith("running_var"):
+        return torch.rand(like.shape, generator=gen) + 0.5
+    return torch.randn(like.shape, generator=gen) * 0.05
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(FIXTURES / "golden.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def reid_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """reid/tiny with backbone.safetensors re-created by the weight rule (the fixture ships only config.yaml)."""
+    from safetensors.torch import save_file
+
+    from echoflow_models.checkpoint import load_model  # noqa: F401  (import check)
+    from echoflow_models.reid import ReIDConfig, ReIDResNet18
+
+    folder = tmp_path_factory.mktemp("reid") / "tiny"
+    folder.mkdir()
+    (folder / "config.yaml").write_text((FIXTURES / "reid" / "tiny" / "config.yaml").read_text())
+    model = ReIDResNet18(ReIDConfig(in_channels=4, out_channels=128))
+    state = {k: reference_weight(k, v) for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "backbone.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory, reid_tiny_dir: Path) -> Path:
+    """A weights root in the released layout built from the tiny reference checkpoints."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("weights")
+    for kind in ("vae", "lifm", "lvfm"):
+        shutil.copytree(FIXTURES / kind / "tiny", root / kind / "tiny")
+    shutil.copytree(reid_tiny_dir, root / "reid" / "tiny")
+    (root / "assets").mkdir()
+    shutil.copy(FIXTURES / "assets" / "scaling.pt", root / "assets" / "scaling.pt")
+    shutil.copy(FIXTURES / "assets" / "anatomies_tiny.pt", root / "assets" / "anatomies_tiny.pt")
+    gates = {v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"]} for v in ("A4C", "PSAX", "PLAX")}
+    (root / "gates.json").write_text(json.dumps(gates))
+    return root
