@@ -114,7 +114,8 @@ class EchoNetRecord:
 
 
 def _fmt_float(x: float) -> str:
-    return format(float(x), ".10g")
+    # a blank cell is an unknown value (pandas reads it as NaN): volumes of generated videos
+    return "" if math.isnan(float(x)) else format(float(x), ".10g")
 
 
 # --------------------------------------------------------------------------------------------------- #
@@ -153,8 +154,10 @@ def _parse_row(values: list[str], header: list[str], csv_path: Path, line: int) 
     if not name:
         raise EchoNetFormatError(f"{csv_path} line {line}: empty FileName")
 
-    def num(col: str, kind=float):
+    def num(col: str, kind=float, optional: bool = False):
         text = row[col]
+        if optional and not text.strip():
+            return float("nan")
         try:
             value = float(text)
         except ValueError:
@@ -182,8 +185,8 @@ def _parse_row(values: list[str], header: list[str], csv_path: Path, line: int) 
     return EchoNetRecord(
         file_name=name,
         ef=num("EF"),
-        esv=num("ESV"),
-        edv=num("EDV"),
+        esv=num("ESV", optional=True),
+        edv=num("EDV", optional=True),
         frame_height=num("FrameHeight", int),
         frame_width=num("FrameWidth", int),
         fps=num("FPS"),
@@ -443,9 +446,12 @@ class EchoNetWriter:
         for k, v in extra.items():
             if "\n" in v or "\r" in v:
                 raise ValueError(f"EchoNetWriter.add: extra value for {k} contains a newline")
-        for name, value in (("ef", ef), ("esv", esv), ("edv", edv), ("fps", fps)):
+        for name, value in (("ef", ef), ("fps", fps)):
             if not math.isfinite(float(value)):
                 raise ValueError(f"EchoNetWriter.add: {name} must be finite, got {value}")
+        for name, value in (("esv", esv), ("edv", edv)):  # NaN = unknown (generated videos): a blank cell
+            if math.isinf(float(value)):
+                raise ValueError(f"EchoNetWriter.add: {name} must be finite or NaN (unknown), got {value}")
         frames = video_io._check_frames(frames, "EchoNetWriter.add")
         target = self.videos_dir / f"{file_name}.avi"
         video_io.write_avi(target, frames, fps, codec=self.codec)

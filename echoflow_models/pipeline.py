@@ -106,26 +106,40 @@ class GenerationResult:
 class EchoFlowPipeline:
     def __init__(
         self,
-        vae: AutoencoderKL,
-        scaler: LatentScaler,
+        vae: AutoencoderKL | None = None,
+        scaler: LatentScaler | None = None,
         lifm: torch.nn.Module | None = None,
         lvfm: torch.nn.Module | None = None,
         gates: dict[str, PrivacyGate] | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         fps: float = 32.0,
+        vae_dtype: torch.dtype | None = None,
+        place_models: bool = True,
     ):
+        """Any subset of the networks: each stage needs only its own (decode/encode need VAE + scaler).
+
+        place_models=False leaves the modules where they are (ComfyUI's model manager has placed them
+        already); `vae_dtype` then says what the VAE runs in.
+        """
         self.device = torch.device(device)
         self.dtype = dtype
-        # diffusers' `force_upcast`: the A-VAE runs in float32 when float16 was asked for (bf16 is safe).
-        self.vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
-        self.vae = vae.to(self.device, self.vae_dtype).eval()
+        if vae_dtype is None:
+            # diffusers' `force_upcast`: the A-VAE runs in float32 when float16 was asked for (bf16 is safe).
+            upcast = vae is not None and vae.config.force_upcast and dtype == torch.float16
+            vae_dtype = torch.float32 if upcast else dtype
+        self.vae_dtype = vae_dtype
+        if place_models:
+            vae = vae.to(self.device, self.vae_dtype) if vae is not None else None
+            lifm = lifm.to(self.device, dtype) if lifm is not None else None
+            lvfm = lvfm.to(self.device, dtype) if lvfm is not None else None
+        self.vae = vae.eval() if vae is not None else None
+        self.lifm = lifm.eval() if lifm is not None else None
+        self.lvfm = lvfm.eval() if lvfm is not None else None
         self.scaler = scaler
-        self.lifm = lifm.to(self.device, dtype).eval() if lifm is not None else None
-        self.lvfm = lvfm.to(self.device, dtype).eval() if lvfm is not None else None
         self.gates = dict(gates or {})
         self.fps = fps
-        if scaler.channels != vae.latent_channels:
+        if scaler is not None and vae is not None and scaler.channels != vae.latent_channels:
             raise ValueError(
                 f"scaling.pt has {scaler.channels} channels but the VAE has {vae.latent_channels} latent channels"
             )
@@ -173,13 +187,20 @@ class EchoFlowPipeline:
         if self.lvfm is not None:
             _, h, w = self.lvfm.config.input_size
             return (self.lvfm.latent_channels, h, w)
-        size = IMAGE_SIZE // self.vae.downscale_factor
-        return (self.vae.latent_channels, size, size)
+        vae = self._require(self.vae, "VAE")
+        size = IMAGE_SIZE // vae.downscale_factor
+        return (vae.latent_channels, size, size)
 
     def _require(self, model: torch.nn.Module | None, what: str) -> torch.nn.Module:
         if model is None:
             raise RuntimeError(f"this pipeline was built without the {what}; load one first")
         return model
+
+    def _vae_and_scaler(self) -> tuple[AutoencoderKL, LatentScaler]:
+        vae = self._require(self.vae, "VAE")
+        if self.scaler is None:
+            raise RuntimeError("this pipeline has no latent scaling (scaling.pt); load it with the VAE")
+        return vae, self.scaler
 
     # ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -275,11 +296,12 @@ class EchoFlowPipeline:
             raise ValueError(f"decode expects [B, C, h, w] or [B, C, T, h, w] latents, got {tuple(latents.shape)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        vae, scaler = self._vae_and_scaler()
         out = []
         chunks = flat.split(chunk_size)
         for i, chunk in enumerate(chunks):
-            z = self.scaler.unscale(chunk.to(self.device, torch.float32)).to(self.vae_dtype)
-            out.append(model_range_to_frames(self.vae.decode(z)).cpu())
+            z = scaler.unscale(chunk.to(self.device, torch.float32)).to(self.vae_dtype)
+            out.append(model_range_to_frames(vae.decode(z)).cpu())
             if callback is not None:
                 callback(i + 1, len(chunks), chunk)
         pixels = torch.cat(out)
@@ -290,11 +312,12 @@ class EchoFlowPipeline:
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor | np.ndarray, chunk_size: int = 32) -> torch.Tensor:
         """uint8 frames [N, H, W] / [N, H, W, 3] -> scaled latents [N, C, h, w] (posterior means)."""
+        vae, scaler = self._vae_and_scaler()
         x = frames_to_model_range(torch.as_tensor(frames))
         out = []
         for chunk in x.split(chunk_size):
-            mean = self.vae.encode(chunk.to(self.device, self.vae_dtype)).mean
-            out.append(self.scaler.scale(mean.float()).cpu())
+            mean = vae.encode(chunk.to(self.device, self.vae_dtype)).mean
+            out.append(scaler.scale(mean.float()).cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------------

@@ -202,3 +202,27 @@ def test_split_counts_and_argument_checks(tmp_path):
         write_phantom_dataset(tmp_path, 1, views=("A2C",))
     with pytest.raises(ValueError, match="ef_range"):
         write_phantom_dataset(tmp_path, 1, ef_range=(5, 90))
+
+
+def test_unknown_volumes_are_blank_cells_read_back_as_nan(tmp_path):
+    """Generated videos have an EF label but no ground-truth volumes: they are left blank, never 0."""
+    import math
+
+    import numpy as np
+
+    from echoflow_models.echonet import EchoNetWriter, read_filelist
+
+    frames = np.zeros((4, 16, 16), dtype=np.uint8)
+    with EchoNetWriter(tmp_path / "ds") as writer:
+        writer.add("gen_0", frames, 32.0, 55.0, float("nan"), float("nan"), "TRAIN")
+    row = (tmp_path / "ds" / "FileList.csv").read_text().splitlines()[1]
+    assert row.startswith("gen_0,55,,,")
+    rec = read_filelist(tmp_path / "ds")[0]
+    assert rec.ef == 55.0 and math.isnan(rec.esv) and math.isnan(rec.edv)
+    with EchoNetWriter(tmp_path / "ds") as writer:
+        try:
+            writer.add("gen_1", frames, 32.0, float("nan"), 1.0, 2.0, "TRAIN")
+        except ValueError as exc:
+            assert "ef must be finite" in str(exc)
+        else:
+            raise AssertionError("a NaN EF must be refused")

@@ -1,0 +1,949 @@
+"""Headless EchoFlow: run ComfyUI workflows without a browser, and generate datasets.
+
+    echoflow run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]        in-process, this pack's nodes
+    echoflow run WORKFLOW.json --server http://127.0.0.1:8188 [--out DIR]      through a running ComfyUI
+    echoflow generate-dataset --count N --ef-range LO HI --out DIR [...]       EchoNet layout, resumable, torchrun
+
+WORKFLOW.json is an API-format prompt (ComfyUI "Export (API)") or a UI workflow (converted with the node
+definitions: the pack's own in-process, the server's ``/object_info`` with ``--server``).
+
+The in-process runner imports the pack's ``nodes`` sub-package by path under the private package name
+``echoflow_comfy_pack`` (never as a top-level ``nodes``, which is ComfyUI's), so it needs the source
+checkout (or the ComfyUI custom_nodes folder): pass ``--pack DIR`` or set ``ECHOFLOW_PACK_DIR`` otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import importlib.util
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PACK_NAME = "echoflow_comfy_pack"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+class WorkflowError(RuntimeError):
+    """A workflow that cannot run as given; the message names the node and input."""
+
+
+# ============================================================================================ the pack
+def pack_dir(explicit: str | os.PathLike | None = None) -> Path:
+    candidates = [explicit, os.environ.get("ECHOFLOW_PACK_DIR"), Path(__file__).resolve().parent.parent]
+    for cand in candidates:
+        if cand and (Path(cand) / "__init__.py").is_file() and (Path(cand) / "nodes").is_dir():
+            return Path(cand).resolve()
+    raise WorkflowError(
+        "the in-process runner needs the EchoFlow node pack (its nodes/ folder): run from the source checkout, "
+        "pass --pack /path/to/comfyui-echoflow, set ECHOFLOW_PACK_DIR, or use --server with a running ComfyUI"
+    )
+
+
+def load_pack(explicit: str | os.PathLike | None = None):
+    """Import the pack (``__init__.py`` + ``nodes/``) as ``echoflow_comfy_pack``; cached."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    root = pack_dir(explicit)
+    spec = importlib.util.spec_from_file_location(PACK_NAME, root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(PACK_NAME, None)
+        raise
+    return module
+
+
+def node_info(name: str, cls: type, display: str | None = None) -> dict:
+    """What ComfyUI's ``/object_info`` reports for a V1 node class."""
+    spec = cls.INPUT_TYPES()
+    return {
+        "input": spec,
+        "input_order": {k: list(v.keys()) for k, v in spec.items()},
+        "output": list(cls.RETURN_TYPES),
+        "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES))),
+        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+        "name": name,
+        "display_name": display or name,
+        "description": getattr(cls, "DESCRIPTION", ""),
+        "category": getattr(cls, "CATEGORY", "sd"),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+        "output_tooltips": list(getattr(cls, "OUTPUT_TOOLTIPS", [])),
+        "search_aliases": list(getattr(cls, "SEARCH_ALIASES", [])),
+    }
+
+
+def pack_object_info(pack=None) -> dict:
+    pack = pack or load_pack()
+    return {k: node_info(k, c, pack.NODE_DISPLAY_NAME_MAPPINGS.get(k)) for k, c in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+# ================================================================================= UI -> API conversion
+def is_widget(spec: tuple | list) -> bool:
+    """Whether an input is shown as a widget (and so has a value in ``widgets_values``)."""
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if opts.get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES or kind == "COMBO"
+
+
+def has_control_widget(name: str, spec: tuple | list) -> bool:
+    """The frontend adds a 'control after generate' widget (its value follows in widgets_values)."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
+
+
+def widget_layout(info: dict) -> list[tuple[str, bool]]:
+    """[(input name, is_control_value)] in ``widgets_values`` order."""
+    out = []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            spec = info["input"][section][name]
+            if is_widget(spec):
+                out.append((name, False))
+                if has_control_widget(name, spec):
+                    out.append((name, True))
+    return out
+
+
+def is_ui_workflow(data: dict) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """Convert a v0.4 UI workflow to an API prompt the way the frontend's graphToPrompt does (positional
+    widget values, links by origin node/slot, muted nodes dropped). Bypassed nodes and subgraphs are refused."""
+    links = {}
+    for link in workflow.get("links", []):
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"])
+        else:
+            links[link[0]] = (link[1], link[2])
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    prompt: dict[str, dict] = {}
+    for node in workflow["nodes"]:
+        mode = node.get("mode", 0)
+        if mode == 2:  # muted
+            continue
+        if mode == 4:
+            raise WorkflowError(f"node {node['id']} ({node['type']}) is bypassed; un-bypass or remove it")
+        ctype = node["type"]
+        if ctype in ("Reroute", "Note", "MarkdownNote", "PrimitiveNode"):
+            if ctype in ("Note", "MarkdownNote"):
+                continue
+            raise WorkflowError(f"node {node['id']}: {ctype} nodes are not supported by this converter")
+        if ctype not in object_info:
+            raise WorkflowError(f"node {node['id']}: unknown node type {ctype!r} (is its pack installed?)")
+        info = object_info[ctype]
+        inputs: dict[str, Any] = {}
+        values = node.get("widgets_values", [])
+        if isinstance(values, dict):
+            for name, _ctl in widget_layout(info):
+                if name in values:
+                    inputs[name] = values[name]
+        else:
+            layout = widget_layout(info)
+            if len(values) != len(layout):
+                raise WorkflowError(
+                    f"node {node['id']} ({ctype}): {len(values)} widget values but the node has {len(layout)} "
+                    f"widgets ({', '.join(n + (' (control)' if c else '') for n, c in layout)})"
+                )
+            for (name, control), value in zip(layout, values, strict=True):
+                if not control:
+                    inputs[name] = value
+        for slot in node.get("inputs", []):
+            link = slot.get("link")
+            if link is None:
+                continue
+            if link not in links:
+                raise WorkflowError(f"node {node['id']} input {slot['name']}: link {link} does not exist")
+            origin, origin_slot = links[link]
+            if origin not in nodes:
+                raise WorkflowError(f"node {node['id']} input {slot['name']}: source node {origin} is missing")
+            if nodes[origin].get("mode", 0) == 2:
+                continue
+            inputs[slot["name"]] = [str(origin), origin_slot]
+        entry = {"inputs": inputs, "class_type": ctype}
+        title = node.get("title") or info.get("display_name")
+        if title:
+            entry["_meta"] = {"title": title}
+        prompt[str(node["id"])] = entry
+    return prompt
+
+
+# ===================================================================================== --set overrides
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def find_node(prompt: dict, ref: str) -> str:
+    if ref in prompt:
+        return ref
+    by_title = [k for k, v in prompt.items() if v.get("_meta", {}).get("title") == ref]
+    by_class = [k for k, v in prompt.items() if v.get("class_type") == ref]
+    for matches in (by_title, by_class):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise WorkflowError(f"--set: {ref!r} matches nodes {', '.join(matches)}; use the node id")
+    raise WorkflowError(f"--set: no node with id, title or class {ref!r} (ids: {', '.join(prompt)})")
+
+
+def apply_overrides(prompt: dict, sets: list[str]) -> dict:
+    """``NODE.INPUT=VALUE`` (NODE: id, title or unique class; VALUE: JSON, else a string). ``*.INPUT=VALUE``
+    sets the input on every node that has it."""
+    prompt = json.loads(json.dumps(prompt))
+    for item in sets or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise WorkflowError(f"--set {item!r}: expected NODE.INPUT=VALUE")
+        target, value = item.split("=", 1)
+        ref, name = target.rsplit(".", 1)
+        value = parse_value(value)
+        if ref == "*":
+            hits = [k for k, v in prompt.items() if name in v.get("inputs", {})]
+            if not hits:
+                raise WorkflowError(f"--set {item!r}: no node has an input {name!r}")
+            for k in hits:
+                prompt[k]["inputs"][name] = value
+            continue
+        prompt[find_node(prompt, ref)].setdefault("inputs", {})[name] = value
+    return prompt
+
+
+# ========================================================================================= validation
+def _check_value(name: str, spec: tuple | list, value: Any) -> tuple[Any, str | None]:
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if isinstance(kind, list) or kind == "COMBO":
+        options = kind if isinstance(kind, list) else opts.get("options", [])
+        if value not in options:
+            shown = ", ".join(map(str, options[:12])) + (", ..." if len(options) > 12 else "")
+            return value, f"{name}: {value!r} is not one of [{shown}]"
+        return value, None
+    try:
+        if kind == "INT":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif kind == "FLOAT":
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif kind == "STRING":
+            if not isinstance(value, str):
+                raise ValueError
+        elif kind == "BOOLEAN":
+            if not isinstance(value, bool):
+                raise ValueError
+    except (TypeError, ValueError):
+        return value, f"{name}: {value!r} is not a valid {kind}"
+    if kind in ("INT", "FLOAT"):
+        if "min" in opts and value < opts["min"]:
+            return value, f"{name}: {value} is below the minimum {opts['min']}"
+        if "max" in opts and value > opts["max"]:
+            return value, f"{name}: {value} is above the maximum {opts['max']}"
+    return value, None
+
+
+def validate_prompt(prompt: dict, classes: dict[str, type]) -> tuple[dict, dict[str, list[str]]]:
+    """ComfyUI-style checks: known types, required inputs, link targets and types, combo values and ranges.
+    Returns (prompt with coerced literals, {node id: [errors]})."""
+    errors: dict[str, list[str]] = {}
+    clean = json.loads(json.dumps(prompt))
+    if not isinstance(prompt, dict) or not prompt:
+        raise WorkflowError("the workflow is empty or not an API-format prompt")
+    for nid, node in clean.items():
+        errs = errors.setdefault(nid, [])
+        ctype = node.get("class_type") if isinstance(node, dict) else None
+        if ctype is None:
+            errs.append("no class_type (is this a UI workflow? it is converted automatically)")
+            continue
+        if ctype not in classes:
+            errs.append(f"node type {ctype!r} cannot run in-process (only this pack's nodes can: "
+                        f"{', '.join(sorted(classes))}); run it with --server on a ComfyUI that has it")
+            continue
+        spec = classes[ctype].INPUT_TYPES()
+        inputs = node.setdefault("inputs", {})
+        for section in ("required", "optional"):
+            for name, ispec in spec.get(section, {}).items():
+                if name not in inputs:
+                    if section == "required":
+                        errs.append(f"{name}: required input missing")
+                    continue
+                value = inputs[name]
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) \
+                        and isinstance(value[1], int):
+                    src = clean.get(value[0])
+                    if src is None:
+                        errs.append(f"{name}: linked to missing node {value[0]}")
+                        continue
+                    src_cls = classes.get(src.get("class_type"))
+                    if src_cls is None:
+                        continue  # reported on that node
+                    outs = src_cls.RETURN_TYPES
+                    if not 0 <= value[1] < len(outs):
+                        errs.append(f"{name}: node {value[0]} has no output {value[1]}")
+                        continue
+                    want = "COMBO" if isinstance(ispec[0], list) else ispec[0]
+                    if outs[value[1]] != want and "*" not in (outs[value[1]], want):
+                        errs.append(f"{name}: expects {want} but node {value[0]} output {value[1]} is "
+                                    f"{outs[value[1]]}")
+                    continue
+                if not is_widget(ispec) and not isinstance(ispec[0], list):
+                    errs.append(f"{name}: must be linked to a {ispec[0]} output, got the literal {value!r}")
+                    continue
+                inputs[name], err = _check_value(name, ispec, value)
+                if err:
+                    errs.append(err)
+    return clean, {k: v for k, v in errors.items() if v}
+
+
+# ========================================================================================== execution
+class ExecutionError(RuntimeError):
+    def __init__(self, node_id: str, class_type: str, exc: BaseException):
+        self.node_id, self.class_type, self.original = node_id, class_type, exc
+        super().__init__(f"node {node_id} ({class_type}) failed: {type(exc).__name__}: {exc}")
+
+
+def _output_nodes(prompt: dict, classes: dict[str, type]) -> list[str]:
+    outs = [k for k, v in prompt.items() if getattr(classes[v["class_type"]], "OUTPUT_NODE", False)]
+    if not outs:
+        raise WorkflowError("the workflow has no output node (Save Video, Save EchoNet Dataset, Estimate EF)")
+    return outs
+
+
+def run_prompt(
+    prompt: dict,
+    *,
+    pack=None,
+    output_dir: str | os.PathLike = "output",
+    extra_pnginfo: dict | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, dict]:
+    """Execute an API prompt in-process with this pack's nodes; returns ``{node id: ui output}`` like
+    ComfyUI's ``/history`` outputs. Nodes run once each, in dependency order, only if an output needs them."""
+    pack = pack or load_pack()
+    classes = pack.NODE_CLASS_MAPPINGS
+    clean, errors = validate_prompt(prompt, classes)
+    if errors:
+        lines = [f"  node {k} ({clean.get(k, {}).get('class_type', '?')}): {e}" for k, es in errors.items() for e in es]
+        raise WorkflowError("the workflow does not validate:\n" + "\n".join(lines))
+    bridge = importlib.import_module(PACK_NAME + ".nodes.comfy_bridge")
+    bridge.set_output_directory(output_dir)
+    bridge.set_device(device)
+    results: dict[str, tuple] = {}
+    ui_out: dict[str, dict] = {}
+    visiting: set[str] = set()
+
+    def listener(label: str, done: int, total: int) -> None:
+        if log and (done == total or done == 1 or done % max(1, total // 10) == 0):
+            log(f"    {label}: {done}/{total}")
+
+    def execute(nid: str) -> tuple:
+        if nid in results:
+            return results[nid]
+        if nid in visiting:
+            raise WorkflowError(f"the workflow has a cycle through node {nid}")
+        visiting.add(nid)
+        node = clean[nid]
+        cls = classes[node["class_type"]]
+        kwargs = {}
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+                kwargs[name] = execute(value[0])[value[1]]
+            else:
+                kwargs[name] = value
+        hidden = cls.INPUT_TYPES().get("hidden", {})
+        for name, kind in hidden.items():
+            kwargs[name] = {"PROMPT": clean, "EXTRA_PNGINFO": extra_pnginfo or {}, "UNIQUE_ID": nid}.get(kind)
+        known = set(cls.INPUT_TYPES().get("required", {})) | set(cls.INPUT_TYPES().get("optional", {})) | set(hidden)
+        kwargs = {k: v for k, v in kwargs.items() if k in known}
+        title = node.get("_meta", {}).get("title", node["class_type"])
+        if log:
+            log(f"[{nid}] {title}")
+        start = time.perf_counter()
+        try:
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        except (KeyboardInterrupt, bridge.Interrupted):
+            raise
+        except Exception as exc:
+            raise ExecutionError(nid, node["class_type"], exc) from exc
+        if isinstance(out, dict):
+            if out.get("ui"):
+                ui_out[nid] = out["ui"]
+            out = out.get("result", ())
+        results[nid] = tuple(out or ())
+        visiting.discard(nid)
+        if log:
+            log(f"[{nid}] done in {time.perf_counter() - start:.2f}s")
+        return results[nid]
+
+    previous = bridge.Progress.listener
+    bridge.Progress.listener = listener
+    try:
+        for nid in _output_nodes(clean, classes):
+            execute(nid)
+    finally:
+        bridge.Progress.listener = previous
+        bridge.set_device(None)
+    return ui_out
+
+
+# ======================================================================================= server client
+class MiniWebSocket:
+    """Just enough RFC 6455 to follow ComfyUI's ``/ws`` (text and binary frames, ping, close)."""
+
+    def __init__(self, url: str, timeout: float = 1.0):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("ws", "http"):
+            raise WorkflowError(f"only plain ws:// servers are supported, got {url}")
+        port = parts.port or 80
+        self.sock = socket.create_connection((parts.hostname, port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        request = (f"GET {path} HTTP/1.1\r\nHost: {parts.hostname}:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1024)
+            if not chunk:
+                raise WorkflowError("websocket handshake failed: connection closed")
+            head += chunk
+        status, self.buffer = head.split(b"\r\n\r\n", 1)
+        if b" 101 " not in status.split(b"\r\n")[0]:
+            raise WorkflowError(f"websocket handshake failed: {status.splitlines()[0].decode(errors='replace')}")
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes = b"") -> None:
+        mask = os.urandom(4)
+        header = bytes([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def _frame(self) -> tuple[bool, int, bytes]:
+        first = self._read(2)
+        self.sock.settimeout(30)  # the rest of a started frame is on its way
+        try:
+            fin, opcode, n = bool(first[0] & 0x80), first[0] & 0x0F, first[1] & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read(8))[0]
+            mask = self._read(4) if first[1] & 0x80 else None
+            payload = self._read(n)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        finally:
+            self.sock.settimeout(self.timeout)
+        return fin, opcode, payload
+
+    def recv(self) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the next data message (fragments joined), or None on timeout."""
+        try:
+            fin, opcode, payload = self._frame()
+        except (TimeoutError, socket.timeout):  # noqa: UP041 - py3.10
+            return None
+        while not fin:  # continuation frames
+            fin, _op, more = self._frame()
+            payload += more
+        if opcode == 0x9:
+            self._send(0xA, payload)
+            return self.recv()
+        if opcode == 0x8:
+            raise ConnectionError("websocket closed by the server")
+        return opcode, payload
+
+    def close(self) -> None:
+        try:
+            self._send(0x8)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _http(method: str, url: str, payload: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    except urllib.error.URLError as exc:
+        raise WorkflowError(f"cannot reach ComfyUI at {url}: {exc.reason}") from exc
+    try:
+        return status, json.loads(body) if body else None
+    except ValueError:
+        return status, body
+
+
+def _format_node_errors(node_errors: dict) -> str:
+    lines = []
+    for nid, info in (node_errors or {}).items():
+        for err in info.get("errors", []):
+            lines.append(f"  node {nid} ({info.get('class_type', '?')}): {err.get('message', '')} "
+                         f"{err.get('details', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def run_on_server(
+    prompt: dict,
+    server: str,
+    *,
+    output_dir: str | os.PathLike | None = "output",
+    workflow: dict | None = None,
+    timeout: float = 3600,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Submit to ComfyUI, follow it on the websocket, download outputs via ``/view``. Returns
+    ``{"prompt_id", "outputs", "files"}``; raises WorkflowError on validation or execution errors."""
+    base = server.rstrip("/")
+    client_id = str(uuid.uuid4())
+    ws_url = base.replace("https://", "wss://").replace("http://", "ws://") + f"/ws?clientId={client_id}"
+    try:
+        ws = MiniWebSocket(ws_url)
+    except (OSError, WorkflowError) as exc:
+        if log:
+            log(f"websocket unavailable ({exc}); polling /history instead")
+        ws = None
+    body = {"prompt": prompt, "client_id": client_id}
+    if workflow is not None:
+        body["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
+    status, reply = _http("POST", base + "/prompt", body)
+    if status != 200 or not isinstance(reply, dict):
+        err = reply.get("error", {}) if isinstance(reply, dict) else {}
+        detail = _format_node_errors(reply.get("node_errors", {})) if isinstance(reply, dict) else str(reply)
+        raise WorkflowError(f"ComfyUI refused the workflow ({status}): {err.get('message', '')} "
+                            f"{err.get('details', '')}\n{detail}".rstrip())
+    if reply.get("node_errors"):
+        raise WorkflowError("ComfyUI accepted only part of the workflow; node errors:\n"
+                            + _format_node_errors(reply["node_errors"]))
+    prompt_id = reply["prompt_id"]
+    if log:
+        log(f"queued prompt {prompt_id}")
+    deadline = time.monotonic() + timeout
+    error = None
+    try:
+        while time.monotonic() < deadline:
+            if ws is None:
+                code, hist = _http("GET", f"{base}/history/{prompt_id}")
+                if code == 200 and hist and prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") \
+                        is not None and hist[prompt_id]["status"].get("status_str") in ("success", "error"):
+                    break
+                time.sleep(0.5)
+                continue
+            frame = ws.recv()
+            if frame is None or frame[0] != 0x1:
+                continue
+            msg = json.loads(frame[1])
+            data = msg.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            kind = msg.get("type")
+            if kind == "executing" and log and data.get("node"):
+                log(f"[{data['node']}] running")
+            elif kind == "progress" and log:
+                v, m = data.get("value", 0), data.get("max", 1)
+                if v == m or v == 1 or v % max(1, m // 10) == 0:
+                    log(f"    [{data.get('node')}] {v}/{m}")
+            elif kind == "execution_error":
+                error = (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                         f"{data.get('exception_type')}: {data.get('exception_message')}")
+                break
+            elif kind == "execution_interrupted":
+                error = f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
+                break
+            elif kind == "execution_success" or (kind == "executing" and data.get("node") is None
+                                                 and data.get("prompt_id") == prompt_id):
+                break
+        else:
+            raise WorkflowError(f"timed out after {timeout:.0f}s waiting for prompt {prompt_id}")
+    except KeyboardInterrupt:
+        _http("POST", base + "/interrupt", {"prompt_id": prompt_id})
+        raise
+    finally:
+        if ws is not None:
+            ws.close()
+    if error:
+        raise WorkflowError(error)
+    history = {}
+    for _ in range(50):  # /history lags the websocket by a moment
+        code, hist = _http("GET", f"{base}/history/{prompt_id}")
+        if code == 200 and isinstance(hist, dict) and prompt_id in hist:
+            history = hist[prompt_id]
+            break
+        time.sleep(0.1)
+    outputs = history.get("outputs", {})
+    status_str = history.get("status", {}).get("status_str")
+    if status_str == "error":
+        msgs = [m for m in history.get("status", {}).get("messages", []) if m[0] == "execution_error"]
+        raise WorkflowError(f"ComfyUI reports an error: {msgs[-1][1] if msgs else history.get('status')}")
+    files = []
+    if output_dir is not None:
+        for _nid, out in outputs.items():
+            for key in ("images", "gifs", "videos"):
+                for item in out.get(key, []) if isinstance(out, dict) else []:
+                    if not isinstance(item, dict) or item.get("type") != "output":
+                        continue
+                    query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+                    dest = Path(output_dir) / item.get("subfolder", "") / item["filename"]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with urllib.request.urlopen(f"{base}/view?{query}", timeout=120) as resp:
+                        dest.write_bytes(resp.read())
+                    files.append(str(dest))
+                    if log:
+                        log(f"downloaded {dest}")
+    return {"prompt_id": prompt_id, "outputs": outputs, "files": files}
+
+
+# ================================================================================================ CLI
+def read_workflow(path: str | os.PathLike) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise WorkflowError(f"cannot read {path}: {exc}") from exc
+    except ValueError as exc:
+        raise WorkflowError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{path}: expected a JSON object")
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    data = read_workflow(args.workflow)
+    workflow_ui = data if is_ui_workflow(data) else None
+    log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if args.server:
+        if workflow_ui is not None:
+            code, info = _http("GET", args.server.rstrip("/") + "/object_info")
+            if code != 200:
+                raise SystemExit(f"error: cannot read /object_info from {args.server} ({code})")
+            prompt = ui_to_api(workflow_ui, info)
+        else:
+            prompt = data
+        prompt = apply_overrides(prompt, args.set)
+        try:
+            result = run_on_server(prompt, args.server, output_dir=args.out, workflow=workflow_ui,
+                                   timeout=args.timeout, log=log)
+        except WorkflowError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        except KeyboardInterrupt:
+            raise SystemExit("interrupted; asked ComfyUI to stop the run") from None
+        print(json.dumps({"prompt_id": result["prompt_id"], "files": result["files"]}, indent=2))
+        return 0
+    try:
+        pack = load_pack(args.pack)
+        prompt = ui_to_api(workflow_ui, pack_object_info(pack)) if workflow_ui is not None else data
+        prompt = apply_overrides(prompt, args.set)
+        bridge = importlib.import_module(PACK_NAME + ".nodes.comfy_bridge")
+        try:
+            ui = run_prompt(prompt, pack=pack, output_dir=args.out, device=None if args.device == "auto" else
+                            args.device, extra_pnginfo={"workflow": workflow_ui} if workflow_ui else None, log=log)
+        except KeyboardInterrupt:
+            bridge.clear_interrupt()
+            raise SystemExit("interrupted") from None
+    except (WorkflowError, ExecutionError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps(ui, indent=2, default=str))
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a ComfyUI workflow (API or UI JSON) in-process or on a ComfyUI server",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("workflow", help="workflow JSON (API format, or a UI workflow that is converted)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="override an input (NODE = id, title or unique class; * = every node with that input); "
+                        "VALUE is JSON or a plain string. Repeatable.")
+    p.add_argument("--server", default=None, help="ComfyUI URL, e.g. http://127.0.0.1:8188 (default: in-process)")
+    p.add_argument("--out", default="output", help="output folder (in-process: where nodes save; --server: "
+                                                  "where outputs are downloaded). Default ./output")
+    p.add_argument("--device", default="auto", help="in-process: cpu, cuda, cuda:1 or auto")
+    p.add_argument("--pack", default=None, help="folder of the EchoFlow node pack (default: this checkout)")
+    p.add_argument("--timeout", type=float, default=3600, help="--server: seconds to wait for the run")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_run)
+
+    g = subparsers.add_parser(
+        "generate-dataset", help="generate a privacy-filtered synthetic dataset in the EchoNet-Dynamic layout",
+        description="Generates --count videos that passed the privacy gate, with EF drawn uniformly from "
+                    "--ef-range, into DIR/Videos/*.avi + DIR/FileList.csv. Re-running resumes: finished "
+                    "videos are kept and skipped. Under torchrun each rank (RANK/WORLD_SIZE/LOCAL_RANK) makes "
+                    "its share; resume with the same world size.",
+    )
+    g.add_argument("--count", type=int, required=True, help="videos to generate in total")
+    g.add_argument("--ef-range", type=float, nargs=2, default=[20.0, 80.0], metavar=("LO", "HI"),
+                   help="EF percent range (uniform), default 20 80")
+    g.add_argument("--out", required=True, help="dataset folder (created; existing content is kept)")
+    g.add_argument("--view", default="A4C", help="A4C, PSAX or PLAX")
+    g.add_argument("--weights", default=None, help="weights root in the released layout (default: "
+                                                   "$ECHOFLOW_WEIGHTS or the bundled demo weights)")
+    g.add_argument("--vae", default=None)
+    g.add_argument("--lifm", default=None)
+    g.add_argument("--lvfm", default=None)
+    g.add_argument("--image-steps", type=int, default=50)
+    g.add_argument("--video-steps", type=int, default=50)
+    g.add_argument("--solver", default="euler")
+    g.add_argument("--guidance", type=float, default=1.0)
+    g.add_argument("--tau", type=float, default=None, help="privacy threshold (default: the gate's)")
+    g.add_argument("--similarity", default="pearson")
+    g.add_argument("--seed", type=int, default=0, help="base seed; candidate k uses seed + k")
+    g.add_argument("--batch-size", type=int, default=4, help="candidates sampled together")
+    g.add_argument("--fps", type=float, default=32.0)
+    g.add_argument("--prefix", default="synth", help="file names are PREFIX_<candidate>")
+    g.add_argument("--val-frac", type=float, default=0.0, help="share of videos in the VAL split")
+    g.add_argument("--test-frac", type=float, default=0.0, help="share of videos in the TEST split")
+    g.add_argument("--max-candidates", type=int, default=None,
+                   help="stop after this many candidates per rank (default: 20 x its quota)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate_dataset)
+
+
+# ====================================================================================== dataset maker
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (single process: 0, 1, 0)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if world < 1 or not 0 <= rank < world:
+        raise SystemExit(f"error: bad torchrun environment RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def rank_quota(count: int, rank: int, world: int) -> int:
+    return count // world + (1 if rank < count % world else 0)
+
+
+def candidate_ef(seed: int, lo: float, hi: float) -> float:
+    """EF for a candidate, a pure function of its seed so a resumed run draws the same EF."""
+    import torch
+
+    u = torch.rand((), generator=torch.Generator("cpu").manual_seed(int(seed) ^ 0x5EED_EF)).item()
+    return round(lo + (hi - lo) * u, 2)
+
+
+def candidate_split(index: int, val_frac: float, test_frac: float) -> str:
+    u = ((index * 2654435761) % 2**32) / 2**32  # a fixed, well-spread hash of the index
+    if u < test_frac:
+        return "TEST"
+    if u < test_frac + val_frac:
+        return "VAL"
+    return "TRAIN"
+
+
+class RejectLog:
+    """``privacy_rejected.csv``: candidates the gate refused, so a resumed run skips them (one file per rank,
+    appended and flushed per row)."""
+
+    FIELDS = ["Candidate", "Seed", "MaxSimilarity", "NearestIndex", "Tau"]
+
+    def __init__(self, folder: Path, rank: int):
+        self.path = folder / (f"privacy_rejected.rank{rank}.csv" if rank else "privacy_rejected.csv")
+        self.done: set[int] = set()
+        for path in folder.glob("privacy_rejected*.csv"):
+            with open(path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    try:
+                        self.done.add(int(row["Candidate"]))
+                    except (KeyError, ValueError):
+                        continue
+
+    def add(self, candidate: int, seed: int, sim: float, index: int, tau: float) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({"Candidate": candidate, "Seed": seed, "MaxSimilarity": f"{sim:.6f}",
+                        "NearestIndex": index, "Tau": tau})
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done.add(candidate)
+
+
+def _existing_candidates(folder: Path, prefix: str) -> set[int]:
+    """Candidate numbers already in FileList.csv (files named PREFIX_<candidate>)."""
+    from .echonet import read_filelist
+
+    if not (folder / "FileList.csv").is_file():
+        return set()
+    done: set[int] = set()
+    for rec in read_filelist(folder):
+        stem = rec.file_name
+        if stem.startswith(prefix + "_") and stem[len(prefix) + 1:].isdigit():
+            done.add(int(stem[len(prefix) + 1:]))
+    return done
+
+
+DATASET_EXTRA = ("Source", "View", "MaxSimilarity", "Seed")
+
+
+def _append_locked(folder: Path, name: str, frames, fps: float, ef: float, split: str, extra: dict,
+                   timeout: float = 300.0) -> None:
+    """Append one video, holding the dataset's writer lock only while writing it (ranks share the folder)."""
+    from .echonet import EchoNetWriter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            writer = EchoNetWriter(folder, DATASET_EXTRA)
+            break
+        except RuntimeError as exc:
+            if "another process" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with writer:
+        cols = set(writer.columns)
+        writer.add(name, frames, fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split,
+                   extra={k: v for k, v in extra.items() if k in cols})
+
+
+def cmd_generate_dataset(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import VIEWS, EchoFlowPipeline
+
+    if args.count < 1:
+        raise SystemExit("error: --count must be >= 1")
+    lo, hi = args.ef_range
+    if not 0 <= lo <= hi <= 100:
+        raise SystemExit(f"error: --ef-range must satisfy 0 <= LO <= HI <= 100, got {lo} {hi}")
+    view = args.view.upper()
+    if view not in VIEWS:
+        raise SystemExit(f"error: --view must be one of {', '.join(VIEWS)}")
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be >= 1")
+    if not 0 <= args.val_frac + args.test_frac <= 1:
+        raise SystemExit("error: --val-frac + --test-frac must be within [0, 1]")
+    rank, world, local = dist_env()
+    if args.device == "auto":
+        device = torch.device(f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quota = rank_quota(args.count, rank, world)
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"[rank {rank}/{world}] {m}", file=sys.stderr,
+                                                                flush=True))
+    from .checkpoint import CheckpointError
+
+    try:
+        pipe = EchoFlowPipeline.from_folder(args.weights, args.vae, args.lifm, args.lvfm, views=[view],
+                                            tau=args.tau, similarity=args.similarity, device=device, dtype=dtype)
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
+        raise SystemExit(f"error: cannot load the models: {exc}") from None
+    rejects = RejectLog(out, rank)
+    bs = args.batch_size
+    # Candidates come in blocks of bs consecutive indices (so a block's seeds are consecutive and the batch
+    # equals single runs); block b belongs to rank b % world.
+    mine = lambda done: {c for c in done if (c // bs) % world == rank}  # noqa: E731
+    accepted = mine(_existing_candidates(out, args.prefix))
+    limit = args.max_candidates if args.max_candidates is not None else max(20 * quota, quota + 8 * bs)
+    tried = len(accepted) + len(mine(rejects.done))
+    if len(accepted) >= quota:
+        say(f"already complete: {len(accepted)}/{quota} videos")
+        return 0
+    say(f"{len(accepted)}/{quota} videos present; generating the rest into {out}")
+    block = rank
+    start_time = time.perf_counter()
+    while len(accepted) < quota:
+        if tried >= limit:
+            raise SystemExit(f"error: rank {rank} tried {tried} candidates and {len(accepted)}/{quota} passed the "
+                             "privacy gate; raise --max-candidates or check tau")
+        first = block * bs
+        block += world
+        todo = [c for c in range(first, first + bs) if c not in accepted and c not in rejects.done]
+        if not todo:
+            continue
+        images = pipe.sample_images(view, None, args.image_steps, args.solver, seed=args.seed + first,
+                                    batch_size=bs)
+        images = images[[c - first for c in todo]]
+        report = pipe.check_privacy(images, view)
+        tried += len(todo)
+        keep = []
+        for c, item in zip(todo, report.items, strict=True):
+            if item.passed:
+                keep.append(c)
+            else:
+                rejects.add(c, args.seed + c, item.max_similarity, item.nearest_index, report.tau)
+        keep = keep[: quota - len(accepted)]
+        if not keep:
+            continue
+        idx = [todo.index(c) for c in keep]
+        efs = [candidate_ef(args.seed + c, lo, hi) for c in keep]
+        # the video noise of candidate c uses seed + c, like the image noise
+        videos = torch.cat([pipe.animate(images[i:i + 1], efs[j], args.video_steps, args.solver, args.guidance,
+                                         seed=args.seed + keep[j]) for j, i in enumerate(idx)])
+        frames = pipe.decode(videos)
+        for j, c in enumerate(keep):
+            name = f"{args.prefix}_{c:07d}"
+            item = report.items[idx[j]]
+            _append_locked(out, name, frames[j].numpy(), args.fps, efs[j],
+                           candidate_split(c, args.val_frac, args.test_frac),
+                           {"Source": "EchoFlow", "View": view, "MaxSimilarity": f"{item.max_similarity:.6f}",
+                            "Seed": args.seed + c})
+            accepted.add(c)
+        rate = (time.perf_counter() - start_time) / max(1, tried)
+        say(f"{len(accepted)}/{quota} videos ({tried} candidates, {rate:.1f}s per candidate)")
+    say(f"done: {len(accepted)} videos")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m echoflow_models.headless run ...``) for when cli.py is not wired."""
+    parser = argparse.ArgumentParser(prog="echoflow")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,364 @@
+"""Output nodes: Save Video (mp4/AVI + preview + metadata), Save EchoNet Dataset, Estimate EF, Stack Videos."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import comfy_bridge as bridge
+from .common import (
+    CATEGORY,
+    EF_T,
+    EchoFlowInputError,
+    ef_category,
+    image_to_uint8,
+    split_videos,
+    to_json,
+)
+
+FORMATS = ("mp4", "avi", "mp4+avi")
+SPLITS = ("TRAIN", "VAL", "TEST")
+
+
+# ------------------------------------------------------------------------------------- encoding
+def write_video(path: Path, frames: torch.Tensor, fps: float, kind: str, metadata: dict | None = None) -> Path:
+    """uint8 ``[T,H,W,3]`` -> ``path``: H.264 mp4 (metadata in its comment tag) or EchoNet-style MJPEG AVI.
+    Written to a temporary name and renamed, never replacing an existing file."""
+    from echoflow_models.video_io import write_avi, write_mp4
+
+    array = frames.contiguous().cpu().numpy()
+    if kind == "mp4":
+        return write_mp4(path, array, fps, metadata=metadata)
+    return write_avi(path, array, fps)
+
+
+def _webp_preview(frames: torch.Tensor, fps: float) -> dict:
+    """An animated WebP in the temp folder (a browser cannot play AVI)."""
+    from PIL import Image
+
+    folder = bridge.temp_directory()
+    stem, _ = bridge.next_save_name(folder, "echoflow_video_preview", [".webp"])
+    path = stem.with_name(stem.name + ".webp")
+    pil = [Image.fromarray(f) for f in frames.cpu().numpy()]
+    pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(1000 / max(fps, 0.01)), loop=0,
+                lossless=False, quality=85)
+    return {"filename": path.name, "subfolder": "", "type": "temp"}
+
+
+def _run_metadata(prompt, extra_pnginfo, **fields) -> dict:
+    meta = {"software": "comfyui-echoflow", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    meta.update({k: v for k, v in fields.items() if v is not None})
+    if prompt is not None:
+        meta["prompt"] = prompt
+    if isinstance(extra_pnginfo, dict) and "workflow" in extra_pnginfo:
+        meta["workflow"] = extra_pnginfo["workflow"]
+    return meta
+
+
+def _parse_report(report: str | None):
+    if not report:
+        return None
+    try:
+        return json.loads(report)
+    except (TypeError, ValueError):
+        return report  # a text report is kept as text
+
+
+class EchoFlowSaveVideo:
+    SEARCH_ALIASES = ["mp4", "avi", "echo video"]
+    DESCRIPTION = (
+        "Saves frames as H.264 mp4 and/or EchoNet-style AVI into ComfyUI's output folder, shows the video on "
+        "the node, and writes metadata (workflow, generation parameters, privacy report) into the mp4 comment "
+        "and a .json next to each video. Also outputs a VIDEO for core video nodes."
+    )
+    CATEGORY = CATEGORY + "/output"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("VIDEO", "STRING")
+    RETURN_NAMES = ("video", "paths")
+    OUTPUT_TOOLTIPS = ("The first saved video as a core VIDEO (for SaveVideo, GetVideoComponents, ...).",
+                       "JSON list of the saved files, relative to the output folder.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames from EchoFlow VAE Decode (videos one after another)."}),
+                "filename_prefix": ("STRING", {"default": "echoflow/EchoFlow", "tooltip": "Output path prefix "
+                                               "inside ComfyUI's output folder; a counter is appended and "
+                                               "nothing is overwritten."}),
+                "fps": ("FLOAT", {"default": 32.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames "
+                                  "per second (EchoNet-Dynamic videos are ~50 fps; EchoFlow was trained at 32)."}),
+                "format": (list(FORMATS), {"default": "mp4", "tooltip": "mp4: H.264 for viewing; avi: MJPEG "
+                                           "like EchoNet-Dynamic's Videos/*.avi; or both."}),
+                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Split the batch "
+                                             "into videos of this many frames (connect VAE Decode's output); "
+                                             "0 saves the whole batch as one video."}),
+            },
+            "optional": {
+                "privacy_report": ("STRING", {"forceInput": True, "tooltip": "Privacy Gate's report_json, "
+                                              "stored in the metadata."}),
+                "ef": ("FLOAT", {"forceInput": True, "tooltip": "The EF the videos were conditioned on, stored "
+                                 "in the metadata."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, images, filename_prefix, fps, format, frames_per_video, privacy_report=None, ef=None,
+             prompt=None, extra_pnginfo=None):
+        if format not in FORMATS:
+            raise EchoFlowInputError(f"format must be one of {FORMATS}, got {format!r}")
+        if not fps or fps <= 0:
+            raise EchoFlowInputError(f"fps must be positive, got {fps}")
+        frames = image_to_uint8(images)
+        videos = split_videos(frames, int(frames_per_video))
+        out_dir = bridge.output_directory()
+        target = bridge.safe_subpath(out_dir, filename_prefix or "echoflow/EchoFlow")
+        folder, stem = target.parent, target.name or "EchoFlow"
+        kinds = ["mp4", "avi"] if format == "mp4+avi" else [format]
+        exts = [f".{k}" for k in kinds] + [".json"]
+        progress = bridge.Progress(len(videos), "save video")
+        meta = _run_metadata(prompt, extra_pnginfo, fps=float(fps), ef=ef, ef_category=ef_category(ef)
+                             if ef is not None else None, privacy=_parse_report(privacy_report))
+        saved, previews, first = [], [], None
+        for i, video in enumerate(videos):
+            base, _counter = bridge.next_save_name(folder, stem, exts)
+            item_meta = dict(meta, video_index=i, frames=int(video.shape[0]),
+                             height=int(video.shape[1]), width=int(video.shape[2]))
+            for kind in kinds:
+                path = base.with_name(base.name + "." + kind)
+                write_video(path, video, fps, kind, item_meta if kind == "mp4" else None)
+                rel = path.relative_to(out_dir.resolve()).as_posix()
+                saved.append(rel)
+                first = first or path
+                if kind == "mp4":
+                    sub = "" if path.parent == out_dir.resolve() else path.parent.relative_to(out_dir.resolve())
+                    previews.append({"filename": path.name, "subfolder": str(sub and sub.as_posix()),
+                                     "type": "output"})
+            base.with_name(base.name + ".json").write_text(to_json(item_meta))
+            if "mp4" not in kinds:
+                previews.append(_webp_preview(video, fps))
+            progress.update(1)
+        ui = {"images": previews, "animated": [True], "echoflow_video": [{"files": saved, "fps": float(fps)}]}
+        return {"ui": ui, "result": (bridge.video_from_file(first), json.dumps(saved))}
+
+
+class EchoFlowSaveEchoNetDataset:
+    SEARCH_ALIASES = ["echonet", "dataset", "filelist"]
+    DESCRIPTION = (
+        "Appends videos to a dataset in the EchoNet-Dynamic layout (Videos/*.avi and FileList.csv with EF, "
+        "split, frames and fps) inside ComfyUI's output folder. Resume-safe: existing rows and files are "
+        "never overwritten, new videos get the next free names."
+    )
+    CATEGORY = CATEGORY + "/output"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "INT")
+    RETURN_NAMES = ("dataset_dir", "total_videos")
+    OUTPUT_TOOLTIPS = ("Absolute path of the dataset folder.", "Videos in the dataset after this run.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames from EchoFlow VAE Decode (videos one after another)."}),
+                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frames per "
+                                             "video (connect VAE Decode's output); 0 = the batch is one video."}),
+                "ef": ("FLOAT", {"default": 55.0, "min": 0.0, "max": 100.0, "step": 0.5, "round": 0.1,
+                                 "tooltip": "EF (percent) written to FileList.csv; connect Animate's ef output."}),
+                "dataset_dir": ("STRING", {"default": "echoflow/echonet_synthetic", "tooltip": "Dataset folder "
+                                           "inside ComfyUI's output folder."}),
+                "split": (list(SPLITS), {"default": "TRAIN", "tooltip": "Split column of FileList.csv."}),
+                "fps": ("FLOAT", {"default": 32.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames "
+                                  "per second of the AVI files and the FPS column."}),
+                "name_prefix": ("STRING", {"default": "synth", "tooltip": "File names are <prefix>_<number>."}),
+            },
+            "optional": {
+                "privacy_report": ("STRING", {"forceInput": True, "tooltip": "Privacy Gate's report_json: each "
+                                              "video's similarity is logged with the dataset."}),
+            },
+        }
+
+    def save(self, images, frames_per_video, ef, dataset_dir, split, fps, name_prefix, privacy_report=None):
+        if split not in SPLITS:
+            raise EchoFlowInputError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0 <= float(ef) <= 100:
+            raise EchoFlowInputError(f"ef: {ef} is not a percentage")
+        prefix = (name_prefix or "synth").strip()
+        if not prefix or any(c in prefix for c in "/\\,\n\"'"):
+            raise EchoFlowInputError(f"name_prefix {name_prefix!r}: use letters, digits, '-' or '_'")
+        frames = image_to_uint8(images)
+        videos = split_videos(frames, int(frames_per_video))
+        root = bridge.safe_subpath(bridge.output_directory(), dataset_dir or "echoflow/echonet_synthetic")
+        report = _parse_report(privacy_report)
+        items = report.get("items", []) if isinstance(report, dict) else []
+        view = report.get("view") if isinstance(report, dict) else None
+        progress = bridge.Progress(len(videos), "save dataset")
+        names = []
+        for i, video in enumerate(videos):
+            extra = {"Source": "EchoFlow", "View": view or ""}
+            if len(items) == len(videos):
+                extra["MaxSimilarity"] = f"{float(items[i].get('max_similarity', float('nan'))):.6f}"
+            names.append(append_echonet(root, prefix, video, float(ef), split, float(fps), extra))
+            progress.update(1)
+        from echoflow_models.echonet import read_filelist
+
+        total = len(read_filelist(root))
+        text = f"{len(names)} video(s) added to {root} ({total} in FileList.csv): {', '.join(names)}"
+        return {"ui": {"text": [text]}, "result": (str(root), total)}
+
+
+ECHONET_EXTRA = ("Source", "View", "MaxSimilarity", "Seed")
+
+
+def open_echonet(root: Path, timeout: float = 120.0):
+    """An ``EchoNetWriter`` on root, waiting while another process (a parallel run) holds its lock."""
+    from echoflow_models.echonet import EchoNetWriter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return EchoNetWriter(root, ECHONET_EXTRA)
+        except RuntimeError as exc:
+            if "another process" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def next_free_name(writer, prefix: str) -> str:
+    taken = [r.file_name for r in writer.records]
+    taken += [p.stem for p in writer.videos_dir.glob(prefix + "_*.avi")]
+    numbers = [int(n[len(prefix) + 1:]) for n in taken if n.startswith(prefix + "_") and n[len(prefix) + 1:].isdigit()]
+    return f"{prefix}_{max(numbers, default=0) + 1:05d}"
+
+
+def append_echonet(root: Path, prefix: str | None, video: torch.Tensor, ef: float, split: str, fps: float,
+                   extra: dict, name: str | None = None) -> str:
+    """Append one video (uint8 ``[T,H,W,3]``) under the next free ``<prefix>_<n>`` name (or ``name``), holding
+    the dataset lock only while writing. ESV/EDV are unknown for generated videos and left blank (NaN)."""
+    with open_echonet(root) as writer:
+        name = name or next_free_name(writer, prefix)
+        cols = set(writer.columns)
+        writer.add(name, video.contiguous().cpu().numpy(), fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split,
+                   extra={k: v for k, v in extra.items() if k in cols})
+    return name
+
+
+class EchoFlowEstimateEF:
+    SEARCH_ALIASES = ["ejection fraction", "lvef"]
+    DESCRIPTION = (
+        "Estimates the ejection fraction of each video with an EF regressor, so a workflow can check that "
+        "generated videos show the EF they were conditioned on (connect Animate's ef as target_ef)."
+    )
+    CATEGORY = CATEGORY + "/analysis"
+    FUNCTION = "estimate"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("ef", "report")
+    OUTPUT_TOOLTIPS = ("Mean estimated EF over the videos (percent).",
+                       "Per-video estimates, categories and the error to target_ef when given.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "ef_model": (EF_T, {"tooltip": "EF regressor from EchoFlow Load EF Regressor."}),
+                "images": ("IMAGE", {"tooltip": "Video frames from EchoFlow VAE Decode."}),
+                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frames per "
+                                             "video (connect VAE Decode's output); 0 = one video."}),
+            },
+            "optional": {
+                "target_ef": ("FLOAT", {"forceInput": True, "tooltip": "The EF the videos were asked for; the "
+                                        "report gives the absolute error."}),
+            },
+        }
+
+    def estimate(self, ef_model, images, frames_per_video, target_ef=None):
+        if ef_model is None or getattr(ef_model, "kind", None) != "ef":
+            raise EchoFlowInputError("ef_model: connect EchoFlow Load EF Regressor")
+        videos = split_videos(image_to_uint8(images), int(frames_per_video))
+        device = bridge.load_models([ef_model])
+        progress = bridge.Progress(len(videos), "estimate EF")
+        values = []
+        with torch.inference_mode():
+            for video in videos:
+                # the project's pixel convention: x / 128 - 1 (frames_to_model_range)
+                x = video.permute(3, 0, 1, 2)[None].to(device=device, dtype=ef_model.dtype) / 128.0 - 1.0
+                out = ef_model.module(x)
+                values.append(float(torch.as_tensor(out).float().reshape(-1)[0]))
+                progress.update(1)
+        lines = []
+        for i, v in enumerate(values):
+            line = f"video {i}: EF {v:.1f}% ({ef_category(v)})"
+            if target_ef is not None:
+                line += f", target {float(target_ef):.1f}%, error {abs(v - float(target_ef)):.1f}"
+            lines.append(line)
+        mean = sum(values) / len(values)
+        if len(values) > 1:
+            lines.append(f"mean EF {mean:.1f}%")
+        report = "\n".join(lines)
+        ui = {"text": [report], "echoflow_ef": values}
+        if target_ef is not None:
+            ui["echoflow_ef_target"] = [float(target_ef)]
+        return {"ui": ui, "result": (mean, report)}
+
+
+class EchoFlowStackVideos:
+    SEARCH_ALIASES = ["side by side", "hstack", "compare"]
+    DESCRIPTION = (
+        "Places up to four videos side by side (e.g. one anatomy at EF 25/45/65) so they play as one video. "
+        "All inputs must have the same frame count and size."
+    )
+    CATEGORY = CATEGORY + "/output"
+    FUNCTION = "stack"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Frames [N, H, W_total, 3], inputs left to right.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images_1": ("IMAGE", {"tooltip": "Leftmost video (frames as a batch)."}),
+                "images_2": ("IMAGE", {"tooltip": "Second video."}),
+                "spacing": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "Black pixels between videos."}),
+            },
+            "optional": {
+                "images_3": ("IMAGE", {"tooltip": "Third video (optional)."}),
+                "images_4": ("IMAGE", {"tooltip": "Fourth video (optional)."}),
+            },
+        }
+
+    def stack(self, images_1, images_2, spacing, images_3=None, images_4=None):
+        parts = [p for p in (images_1, images_2, images_3, images_4) if p is not None]
+        first = parts[0]
+        for i, p in enumerate(parts[1:], start=2):
+            if p.shape[0] != first.shape[0] or p.shape[1] != first.shape[1] or p.shape[-1] != first.shape[-1]:
+                raise EchoFlowInputError(
+                    f"images_{i}: {tuple(p.shape)} does not match images_1 {tuple(first.shape)} (frames, height "
+                    "and channels must agree)"
+                )
+        gap = first.new_zeros(first.shape[0], first.shape[1], int(spacing), first.shape[-1])
+        row = []
+        for i, p in enumerate(parts):
+            if i and spacing:
+                row.append(gap)
+            row.append(p.to(first.device, first.dtype))
+        return (torch.cat(row, dim=2),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "EchoFlowSaveVideo": EchoFlowSaveVideo,
+    "EchoFlowSaveEchoNetDataset": EchoFlowSaveEchoNetDataset,
+    "EchoFlowEstimateEF": EchoFlowEstimateEF,
+    "EchoFlowStackVideos": EchoFlowStackVideos,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EchoFlowSaveVideo": "EchoFlow Save Video",
+    "EchoFlowSaveEchoNetDataset": "EchoFlow Save EchoNet Dataset",
+    "EchoFlowEstimateEF": "EchoFlow Estimate EF",
+    "EchoFlowStackVideos": "EchoFlow Stack Videos",
+}

@@ -1,0 +1,333 @@
+"""Shipped workflows: UI files valid against the node definitions and equal to their API twins; every API
+workflow runs in-process; the headless runner's errors; `echoflow generate-dataset`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from echoflow_models import headless
+
+ROOT = Path(__file__).resolve().parent.parent
+UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+LINK_ONLY = "link"
+
+# Tiny checkpoints (tests/fixtures) in place of the bundled demo weights, and 2 solver steps.
+TINY = ["*.steps=2", "EchoFlowLoadVAE.vae_name=vae/tiny", "EchoFlowLoadImageFlow.model_name=lifm/tiny",
+        "EchoFlowLoadVideoFlow.model_name=lvfm/tiny", "EchoFlowLoadPrivacyGate.reid_name=reid/tiny",
+        "EchoFlowLoadEFRegressor.model_name=ef/tiny"]
+
+
+def save_tiny_ef(root: Path) -> Path:
+    """A small EFRegressor in the released layout (root/ef/tiny)."""
+    from echoflow_models import save_model
+    from echoflow_models.efnet import EFRegressor, EFRegressorConfig
+
+    torch.manual_seed(0)
+    return save_model(EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 8, 8], norm_groups=4, head_hidden=8)),
+                      root / "ef" / "tiny")
+
+
+@pytest.fixture(scope="module")
+def info():
+    return headless.pack_object_info(headless.load_pack(ROOT))
+
+
+@pytest.fixture(scope="module")
+def ef_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ef_weights")
+    save_tiny_ef(root)
+    return root
+
+
+@pytest.fixture
+def tiny_env(tiny_root, ef_root, monkeypatch):
+    monkeypatch.setenv("ECHOFLOW_MODEL_PATH", f"{tiny_root}{os.pathsep}{ef_root}")
+    return f"{tiny_root}{os.pathsep}{ef_root}"
+
+
+def tiny_prompt(prompt: dict) -> dict:
+    sets = [s for s in TINY if s.split(".")[0] == "*" or any(n["class_type"] == s.split(".")[0]
+                                                               for n in prompt.values())]
+    return headless.apply_overrides(prompt, sets)
+
+
+def test_the_four_workflows_ship_with_api_twins():
+    names = {p.stem for p in UI_FILES}
+    assert names == {p.stem for p in API_FILES}
+    assert {"echoflow_full_pipeline", "echoflow_masked_image", "echoflow_ef_sweep", "echoflow_dataset_batch"} <= names
+
+
+# ------------------------------------------------------------------------------ UI workflow validity
+def _input_spec(info: dict, ctype: str, name: str):
+    for section in ("required", "optional"):
+        if name in info[ctype]["input"].get(section, {}):
+            return section, info[ctype]["input"][section][name]
+    return None, None
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_matches_node_definitions(path, info):
+    wf = json.loads(path.read_text())
+    assert wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(lk[0] for lk in wf["links"])
+    links = {}
+    for lk in wf["links"]:
+        assert len(lk) == 6
+        link_id, origin, oslot, target, tslot, ltype = lk
+        assert link_id not in links, f"duplicate link {link_id}"
+        links[link_id] = lk
+        src, dst = nodes[origin], nodes[target]
+        assert src["outputs"][oslot]["type"] == ltype and link_id in src["outputs"][oslot]["links"]
+        slot = dst["inputs"][tslot]
+        assert slot["link"] == link_id and slot["type"] == ltype
+        assert info[src["type"]]["output"][oslot] == ltype
+        _section, spec = _input_spec(info, dst["type"], slot["name"])
+        assert spec is not None, f"{dst['type']} has no input {slot['name']}"
+        want = "COMBO" if isinstance(spec[0], list) else spec[0]
+        assert want == ltype, f"link {link_id}: {ltype} into {dst['type']}.{slot['name']} ({want})"
+    has_output = False
+    for node in wf["nodes"]:
+        ctype = node["type"]
+        if ctype in FRONTEND_ONLY:
+            continue
+        assert ctype in info, f"missing node type {ctype}"
+        d = info[ctype]
+        has_output |= d["output_node"]
+        assert node["mode"] == 0
+        assert node["properties"]["Node name for S&R"] == ctype and node["properties"]["cnr_id"] == "comfyui-echoflow"
+        assert [o["type"] for o in node["outputs"]] == list(d["output"])
+        assert [o["name"] for o in node["outputs"]] == list(d["output_name"])
+        for o in node["outputs"]:
+            for link_id in o["links"] or []:
+                assert links[link_id][1] == node["id"]
+        linked = {i["name"] for i in node["inputs"] if i.get("link") is not None}
+        for i in node["inputs"]:
+            section, spec = _input_spec(info, ctype, i["name"])
+            assert spec is not None, f"{ctype}: unknown input slot {i['name']}"
+            if headless.is_widget(spec):
+                assert i.get("widget", {}).get("name") == i["name"], f"{ctype}.{i['name']} must be a widget socket"
+        # every link-only required input is connected
+        for name in d["input_order"].get("required", []):
+            spec = d["input"]["required"][name]
+            if not headless.is_widget(spec):
+                assert name in linked, f"node {node['id']} ({ctype}): required input {name} is not connected"
+        # widget count includes the control_after_generate values
+        layout = headless.widget_layout(d)
+        values = node["widgets_values"]
+        assert len(values) == len(layout), f"node {node['id']} ({ctype}): {len(values)} widget values, {len(layout)} widgets"
+        for (name, control), value in zip(layout, values, strict=True):
+            if control:
+                assert value in ("fixed", "increment", "decrement", "randomize")
+                continue
+            _section, spec = _input_spec(info, ctype, name)
+            kind, opts = spec[0], spec[1]
+            if isinstance(kind, list):
+                assert value in kind, f"{ctype}.{name}: {value!r} not in {kind}"
+            elif kind == "INT":
+                assert isinstance(value, int) and opts["min"] <= value <= opts["max"], f"{ctype}.{name}={value}"
+            elif kind == "FLOAT":
+                assert isinstance(value, (int, float)) and opts["min"] <= value <= opts["max"], f"{ctype}.{name}"
+            elif kind == "STRING":
+                assert isinstance(value, str)
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool)
+    assert has_output, "a workflow needs an output node"
+    for model in wf.get("models", []):
+        assert model["directory"] == "echoflow" and model["url"].startswith("https://huggingface.co/HReynaud/EchoFlow/")
+    # they default to the bundled demo weights
+    for node in wf["nodes"]:
+        if node["type"].startswith("EchoFlowLoad"):
+            assert node["widgets_values"][0] == "demo"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_agrees_with_its_api_twin(path, info):
+    ui = json.loads(path.read_text())
+    api = json.loads((path.parent / "api" / path.name).read_text())
+    converted = headless.ui_to_api(ui, info)
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
+    assert strip(converted) == strip(api)
+
+
+def test_converter_counts_control_after_generate(info):
+    wf = json.loads((ROOT / "workflows" / "echoflow_full_pipeline.json").read_text())
+    sampler = next(n for n in wf["nodes"] if n["type"] == "EchoFlowSampleImage")
+    sampler["widgets_values"].pop(sampler["widgets_values"].index("fixed"))
+    with pytest.raises(headless.WorkflowError, match="widget values but the node has"):
+        headless.ui_to_api(wf, info)
+
+
+# ------------------------------------------------------------------------------ in-process execution
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_runs_in_process(path, tiny_env, tmp_path):
+    from echoflow_models.video_io import read_video
+
+    prompt = tiny_prompt(json.loads(path.read_text()))
+    ui = headless.run_prompt(prompt, output_dir=tmp_path, log=None)
+    assert ui, "no output node reported anything"
+    saved = [f for out in ui.values() for v in out.get("echoflow_video", []) for f in v["files"]]
+    if "dataset" in path.stem:
+        from echoflow_models.echonet import read_filelist
+
+        rows = read_filelist(tmp_path / "echoflow" / "echonet_synthetic")
+        assert len(rows) >= 1 and all(r.number_of_frames == 8 for r in rows)
+        assert all((tmp_path / "echoflow" / "echonet_synthetic" / "Videos" / f"{r.file_name}.avi").is_file()
+                   for r in rows)
+    else:
+        assert saved and all(f.endswith(".mp4") for f in saved)
+        frames, _ = read_video(tmp_path / saved[0])
+        assert frames.shape[0] == 8
+        if "sweep" in path.stem:
+            assert frames.shape[2] == 3 * 112 + 2 * 4  # three EFs side by side
+            checks = [out["text"][0] for out in ui.values() if "echoflow_ef" in out]
+            assert len(checks) == 3 and all("target" in c for c in checks)
+
+
+def test_run_accepts_ui_workflows_and_sets(tiny_env, tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "echoflow_models.headless", "run", str(ROOT / "workflows" / "echoflow_full_pipeline.json"),
+           "--out", str(out), "--quiet", *[a for s in TINY if "EFRegressor" not in s for a in ("--set", s)],
+           "--set", "EchoFlowSaveVideo.filename_prefix=cli/run"]
+    env = dict(os.environ, ECHOFLOW_MODEL_PATH=str(tiny_env), OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "cli" / "run_00001_.mp4").is_file()
+    meta = json.loads((out / "cli" / "run_00001_.json").read_text())
+    assert meta["workflow"]["version"] == 0.4 and meta["prompt"]["5"]["inputs"]["steps"] == 2
+
+
+def test_runner_errors_are_clear(tiny_env, tmp_path):
+    prompt = json.loads((ROOT / "workflows" / "api" / "echoflow_full_pipeline.json").read_text())
+    with pytest.raises(headless.WorkflowError, match=r"node 5 \(EchoFlowSampleImage\): view: 'XYZ' is not one of"):
+        headless.run_prompt(headless.apply_overrides(prompt, ["EchoFlowSampleImage.view=XYZ"]), output_dir=tmp_path,
+                            log=None)
+    with pytest.raises(headless.WorkflowError, match="above the maximum"):
+        headless.run_prompt(headless.apply_overrides(prompt, ["5.batch_size=100000"]), output_dir=tmp_path, log=None)
+    bad = dict(prompt, **{"99": {"class_type": "KSampler", "inputs": {}}})
+    with pytest.raises(headless.WorkflowError, match="'KSampler' cannot run in-process.*--server"):
+        headless.run_prompt(bad, output_dir=tmp_path, log=None)
+    wrong = headless.apply_overrides(prompt, [])
+    wrong["6"]["inputs"]["latents"] = ["1", 0]  # a VAE into a latent input
+    with pytest.raises(headless.WorkflowError, match="expects ECHOFLOW_LATENT but node 1 output 0 is ECHOFLOW_VAE"):
+        headless.run_prompt(wrong, output_dir=tmp_path, log=None)
+    missing = headless.apply_overrides(prompt, [])
+    del missing["7"]["inputs"]["ef"]
+    with pytest.raises(headless.WorkflowError, match="ef: required input missing"):
+        headless.run_prompt(missing, output_dir=tmp_path, log=None)
+    with pytest.raises(headless.WorkflowError, match="expected NODE.INPUT=VALUE"):
+        headless.apply_overrides(prompt, ["steps"])
+    with pytest.raises(headless.WorkflowError, match="no node with id, title or class"):
+        headless.apply_overrides(prompt, ["Nope.steps=3"])
+    with pytest.raises(headless.WorkflowError, match="no output node"):
+        headless.run_prompt({"1": prompt["1"]}, output_dir=tmp_path, log=None)
+    # a node failing at run time names itself
+    failing = tiny_prompt(headless.apply_overrides(prompt, ["EchoFlowLoadPrivacyGate.tau=0.5",
+                                                            "EchoFlowLoadPrivacyGate.similarity=\"cosine\""]))
+    with pytest.raises(headless.ExecutionError, match=r"node 6 \(EchoFlowPrivacyGate\) failed.*no latent passed"):
+        headless.run_prompt(failing, output_dir=tmp_path, log=None)
+
+
+def test_set_override_forms():
+    prompt = json.loads((ROOT / "workflows" / "api" / "echoflow_ef_sweep.json").read_text())
+    out = headless.apply_overrides(prompt, ["*.steps=3", "Animate EF 25%.ef=20", "EchoFlowSampleImage.seed=9",
+                                            "EchoFlowSaveVideo.filename_prefix=a b"])
+    assert {v["inputs"]["steps"] for v in out.values() if "steps" in v["inputs"]} == {3}
+    assert sorted(v["inputs"]["ef"] for v in out.values() if v["class_type"] == "EchoFlowAnimate") == [20, 45.0, 65.0]
+    assert next(v for v in out.values() if v["class_type"] == "EchoFlowSaveVideo")["inputs"]["filename_prefix"] == "a b"
+    with pytest.raises(headless.WorkflowError, match="matches nodes"):
+        headless.apply_overrides(prompt, ["EchoFlowAnimate.ef=3"])
+    assert prompt != out  # the input is not modified
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_runs_on_the_bundled_demo_weights(path, tmp_path, monkeypatch):
+    from echoflow_models.weights import bundled_weights_root
+
+    if not bundled_weights_root().is_dir():
+        pytest.skip("bundled demo weights (echoflow_models/weights/phantom) are not installed")
+    monkeypatch.delenv("ECHOFLOW_MODEL_PATH", raising=False)
+    prompt = headless.apply_overrides(json.loads(path.read_text()), ["*.steps=4"])
+    ui = headless.run_prompt(prompt, output_dir=tmp_path, log=None)
+    assert ui
+
+
+# ---------------------------------------------------------------------------------- generate-dataset
+def _gen(tiny_root, out, *extra, env_extra=None):
+    cmd = [sys.executable, "-m", "echoflow_models.headless", "generate-dataset", "--weights", str(tiny_root),
+           "--out", str(out), "--image-steps", "1", "--video-steps", "1", "--batch-size", "2", "--quiet", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if not env_extra or k not in env_extra:
+            env.pop(k, None)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_generate_dataset_resumes_without_touching_finished_videos(tiny_root, tmp_path):
+    from echoflow_models.echonet import read_filelist
+
+    out = tmp_path / "ds"
+    r = _gen(tiny_root, out, "--count", "3", "--ef-range", "30", "50", "--val-frac", "0.5")
+    assert r.returncode == 0, r.stderr
+    rows = read_filelist(out)
+    assert len(rows) == 3 and all(30 <= row.ef <= 50 for row in rows)
+    assert {row.extra["Source"] for row in rows} == {"EchoFlow"} and rows[0].extra["View"] == "A4C"
+    first = {row.file_name: (out / "Videos" / f"{row.file_name}.avi").stat().st_mtime_ns for row in rows}
+    r = _gen(tiny_root, out, "--count", "5", "--ef-range", "30", "50", "--val-frac", "0.5")
+    assert r.returncode == 0, r.stderr
+    rows = read_filelist(out)
+    assert len(rows) == 5 and len({row.file_name for row in rows}) == 5
+    for name, mtime in first.items():
+        assert (out / "Videos" / f"{name}.avi").stat().st_mtime_ns == mtime
+    r = _gen(tiny_root, out, "--count", "5", "--ef-range", "30", "50")
+    assert r.returncode == 0 and "already complete" not in r.stdout and len(read_filelist(out)) == 5
+
+
+def test_generate_dataset_shards_across_ranks(tiny_root, tmp_path):
+    from echoflow_models.echonet import read_filelist
+
+    out = tmp_path / "ds"
+    for rank in (0, 1):
+        r = _gen(tiny_root, out, "--count", "3", env_extra={"RANK": str(rank), "WORLD_SIZE": "2",
+                                                            "LOCAL_RANK": str(rank)})
+        assert r.returncode == 0, r.stderr
+    rows = read_filelist(out)
+    assert len(rows) == 3
+    blocks = {int(row.file_name.split("_")[1]) // 2 % 2 for row in rows}
+    assert blocks == {0, 1}  # both ranks contributed
+    single = tmp_path / "single"
+    assert _gen(tiny_root, single, "--count", "3").returncode == 0
+
+
+def test_generate_dataset_stops_when_the_gate_rejects_everything(tiny_root, tmp_path):
+    out = tmp_path / "ds"
+    r = _gen(tiny_root, out, "--count", "2", "--tau", "0.01", "--similarity", "cosine", "--max-candidates", "4")
+    assert r.returncode != 0 and "passed the privacy gate" in r.stderr
+    assert (out / "privacy_rejected.csv").read_text().count("\n") == 5  # header + 4 candidates
+    assert not any((out / "Videos").glob("*.avi"))
+
+
+def test_generate_dataset_argument_errors(tiny_root, tmp_path):
+    assert "LO <= HI" in _gen(tiny_root, tmp_path / "x", "--count", "1", "--ef-range", "60", "40").stderr
+    assert "--view" in _gen(tiny_root, tmp_path / "x", "--count", "1", "--view", "XYZ").stderr
+    assert "cannot load the models" in _gen(tmp_path / "nowhere", tmp_path / "x", "--count", "1").stderr
+
+
+def test_candidate_helpers_are_deterministic():
+    assert headless.candidate_ef(5, 20, 80) == headless.candidate_ef(5, 20, 80)
+    assert 20 <= headless.candidate_ef(7, 20, 80) <= 80
+    assert sum(headless.rank_quota(10, r, 3) for r in range(3)) == 10
+    splits = [headless.candidate_split(i, 0.1, 0.1) for i in range(2000)]
+    assert 120 < splits.count("VAL") < 280 and 120 < splits.count("TEST") < 280
+    assert torch.is_tensor(torch.zeros(1))
