@@ -30,10 +30,15 @@ class ReIDConfig:
     # latent the image sampler returns, "minmax" rescales each latent to [-1, 1] as the predecessor did.
     input_norm: str = "none"
     backbone_target: str = "echoflow.common.models.ResNet18"
+    # Channels of the first ResNet stage (stages are width x [1, 2, 4, 8]). The release uses torchvision's 64;
+    # the bundled phantom demo uses a narrower one to stay small. Written to config.yaml only when != 64.
+    width: int = 64
 
     def validate(self) -> None:
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"ReID config: input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
+        if int(self.width) < 1:
+            raise ValueError(f"ReID config: width must be a positive channel count, got {self.width}")
         if "ResNet18" not in self.backbone_target:
             raise ValueError(
                 f"ReID config: backbone {self.backbone_target!r} is not supported (only ResNet18 backbones)"
@@ -52,15 +57,16 @@ class ReIDConfig:
             out_channels=int(args["out_channels"]),
             input_norm=str(data.get("input_norm", args.get("input_norm", "none"))),
             backbone_target=str(target),
+            width=int(args.get("width", 64)),
         )
 
     def to_yaml_dict(self) -> dict:
+        args = {"in_channels": self.in_channels, "out_channels": self.out_channels}
+        if self.width != 64:
+            args["width"] = int(self.width)
         return {
             "backbone": {"target": self.backbone_target, "args": {}},
-            "model": {
-                "target": "echoflow.common.models.ContrastiveModel",
-                "args": {"in_channels": self.in_channels, "out_channels": self.out_channels},
-            },
+            "model": {"target": "echoflow.common.models.ContrastiveModel", "args": args},
             "input_norm": self.input_norm,
         }
 
@@ -88,18 +94,18 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """torchvision `resnet18` with a patched input conv (latent channels) and head (embedding width)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        widths = [64, 128, 256, 512]
-        layers, prev = [], 64
-        for i, width in enumerate(widths):
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers, prev = [], width
+        for i, stage in enumerate(widths):
             stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(prev, width, stride), BasicBlock(width, width, 1)))
-            prev = width
+            layers.append(nn.Sequential(BasicBlock(prev, stage, stride), BasicBlock(stage, stage, 1)))
+            prev = stage
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.fc = nn.Linear(512, out_channels)
+        self.fc = nn.Linear(widths[-1], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
@@ -117,7 +123,7 @@ class ReIDResNet18(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.model = ResNet18(config.in_channels, config.out_channels)
+        self.model = ResNet18(config.in_channels, config.out_channels, config.width)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model(z)

@@ -98,6 +98,7 @@ class Payload:
         return (print, ("this code must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pt_asset_with_code_is_refused(tmp_path, capsys):
     evil = tmp_path / "scaling.pt"
     with evil.open("wb") as fh:

@@ -1,0 +1,364 @@
+"""`echoflow evaluate`: what the (demo) weights can do, measured on held-out phantom patients.
+
+(a) A-VAE reconstruction PSNR / SSIM on frames of new patients;
+(b) EF fidelity: videos generated at requested EFs across 20-80 %, measured by the EF regressor trained
+    on real phantom videos (MAE, Pearson r);
+(c) the paper's experiment in miniature: one regressor architecture trained on N real phantom videos and
+    on N EchoFlow-generated, privacy-filtered videos, both tested on the same held-out real videos;
+(d) privacy: the share of training-patient frames the gate rejects and of new-patient frames it passes,
+    plus the predecessor's tau-selection rule;
+(e) CPU generation time of one video.
+
+Every number comes from running the code here; the JSON records the seeds and sizes used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model
+from .echonet import EchoNetWriter, load_echonet_videos, read_filelist, write_phantom_dataset
+from .metrics import psnr, regression_metrics, ssim
+from .phantom import PatientAnatomy, render_video
+from .pipeline import EchoFlowPipeline, PrivacyGateError
+from .progress import ProgressBar
+from .reid import select_tau, similarity_matrix
+from .weights import default_weights_root, find_model_folders
+
+# Dataset seeds of the evaluation's own phantom patients; patient identities are hashed from
+# (dataset seed, index), so these never coincide with the demo training set's patients.
+EVAL_REAL_SEED = 7001
+EVAL_NEW_PATIENT_SEED = 7002
+
+
+@dataclass
+class EvalSizes:
+    vae_patients: int = 8
+    vae_frames: int = 16
+    fidelity_videos: int = 16
+    train_videos: int = 96
+    test_videos: int = 48
+    privacy_patients: int = 24
+    privacy_frames: int = 4
+    regressor_steps: int = 600
+    image_steps: int = 50
+    video_steps: int = 50
+
+    @classmethod
+    def quick(cls) -> EvalSizes:
+        return cls(vae_patients=2, vae_frames=4, fidelity_videos=3, train_videos=4, test_videos=3,
+                   privacy_patients=3, privacy_frames=2, regressor_steps=3, image_steps=2, video_steps=2)
+
+
+def frames_to_regressor_input(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 video(s) [T, H, W(, 3)] or [B, T, H, W(, 3)] -> float [B, 3, T, H, W] in [-1, 1] (x / 128 - 1)."""
+    x = torch.as_tensor(np.asarray(frames))
+    if x.shape[-1] == 3:
+        x = x[..., 0]
+    if x.ndim == 3:
+        x = x[None]
+    return (x.float() / 128.0 - 1.0)[:, None].expand(-1, 3, -1, -1, -1)
+
+
+@torch.inference_mode()
+def predict_ef(model: torch.nn.Module, videos: list[np.ndarray], batch: int = 8) -> np.ndarray:
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(videos), batch):
+        x = torch.cat([frames_to_regressor_input(v) for v in videos[i : i + batch]]).to(device)
+        out.append(model(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _gray(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = np.asarray(frames)
+    return arr[..., 0] if arr.shape[-1] == 3 else arr
+
+
+# ----------------------------------------------------------------------------------------------------
+# (a) VAE
+# ----------------------------------------------------------------------------------------------------
+
+
+def evaluate_vae(pipe: EchoFlowPipeline, sizes: EvalSizes, seed: int) -> dict:
+    rng = np.random.default_rng([seed, 0xA])
+    originals, recons = [], []
+    for k in range(sizes.vae_patients):
+        anatomy = PatientAnatomy.sample(int(rng.integers(1, 2**31 - 1)), "A4C")
+        video = render_video(anatomy, ef=float(rng.uniform(20, 80)), num_frames=sizes.vae_frames, seed=k)
+        latents = pipe.encode(video.frames)
+        recons.append(pipe.decode(latents)[..., 0])
+        originals.append(torch.from_numpy(video.frames))
+    a, b = torch.cat(originals), torch.cat(recons)
+    return {"psnr_db": psnr(a, b), "ssim": ssim(a, b), "frames": int(a.shape[0]),
+            "patients": sizes.vae_patients, "latent_shape": list(latents.shape[1:])}
+
+
+# ----------------------------------------------------------------------------------------------------
+# (b) EF fidelity and (e) timing
+# ----------------------------------------------------------------------------------------------------
+
+
+def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, sizes: EvalSizes, seed: int,
+                         view: str, quiet: bool) -> dict:
+    requested = np.linspace(20.0, 80.0, sizes.fidelity_videos)
+    videos, tries, gen_times = [], [], []
+    bar = ProgressBar("EF fidelity ", enabled=not quiet)
+    for i, ef in enumerate(requested):
+        start = time.perf_counter()
+        result = pipe.generate(view, float(ef), seed=seed + i, image_steps=sizes.image_steps,
+                               video_steps=sizes.video_steps)
+        gen_times.append(time.perf_counter() - start)
+        videos.append(_gray(result.frames))
+        tries.append(result.tries)
+        bar.update(i + 1, len(requested))
+    measured = predict_ef(regressor, videos)
+    metrics = regression_metrics(torch.from_numpy(requested), torch.from_numpy(measured))
+    return {
+        "mae": metrics["mae"], "pearson_r": metrics["pearson_r"], "rmse": metrics["rmse"],
+        "requested": requested.round(2).tolist(), "measured": measured.round(2).tolist(),
+        "gate_tries": tries, "videos": len(videos), "image_steps": sizes.image_steps,
+        "video_steps": sizes.video_steps, "generate_s_median": float(np.median(gen_times)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# (c) synthetic vs real
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_synthetic_dataset(pipe: EchoFlowPipeline, root: Path, count: int, sizes: EvalSizes, seed: int,
+                            view: str, quiet: bool) -> dict:
+    """`count` privacy-filtered generated videos with EF ~ U(10, 85) into an EchoNet folder (TRAIN)."""
+    rng = np.random.default_rng([seed, 0x5E])
+    rejected = 0
+    bar = ProgressBar("synthetic   ", enabled=not quiet)
+    with EchoNetWriter(root, extra_columns=("View", "Seed", "GateMaxSimilarity")) as writer:
+        for i in range(count):
+            ef = float(rng.uniform(10.0, 85.0))
+            name = f"synthetic_{i:05d}"
+            if name in writer:
+                continue
+            try:
+                result = pipe.generate(view, ef, seed=seed * 1_000 + i, image_steps=sizes.image_steps,
+                                       video_steps=sizes.video_steps)
+            except PrivacyGateError:
+                rejected += 1
+                continue
+            rejected += result.tries - 1
+            sim = result.report.items[0].max_similarity
+            # EDV/ESV are not defined for a generated video: only EF is a label here.
+            writer.add(name, _gray(result.frames), result.fps, ef, float("nan"), float("nan"), "TRAIN",
+                       extra={"View": view, "Seed": result.seed, "GateMaxSimilarity": f"{sim:.6f}"})
+            bar.update(i + 1, count)
+    return {"videos": count, "gate_rejections": rejected}
+
+
+def train_regressor(data: Path, out: Path, sizes: EvalSizes, seed: int, quiet: bool) -> torch.nn.Module:
+    from .train import ef as train_ef
+    from .train.common import namespace_for
+
+    args = namespace_for(train_ef.add_args, data=str(data), out=str(out), steps=sizes.regressor_steps,
+                         seed=seed, splits="TRAIN", quiet=quiet, overwrite=True, device="cpu")
+    train_ef.run(args)
+    return load_model(out)
+
+
+def test_set(root: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    pairs = list(load_echonet_videos(root, split="TEST"))
+    return [frames for _, frames in pairs], np.array([rec.ef for rec, _ in pairs])
+
+
+def evaluate_synthetic_vs_real(pipe: EchoFlowPipeline, work: Path, sizes: EvalSizes, seed: int, view: str,
+                               quiet: bool) -> dict:
+    real = work / "real"
+    total = sizes.train_videos + sizes.test_videos
+    write_phantom_dataset(real, total, seed=EVAL_REAL_SEED + seed, views=(view,),
+                          split_fractions=(sizes.train_videos / total, 0.0, sizes.test_videos / total))
+    synthetic = work / "synthetic"
+    synth_info = write_synthetic_dataset(pipe, synthetic, sizes.train_videos, sizes, seed, view, quiet)
+    videos, target = test_set(real)
+    results = {}
+    for name, data in (("real", real), ("synthetic", synthetic)):
+        model = train_regressor(data, work / f"ef_{name}", sizes, seed, quiet)
+        pred = predict_ef(model, videos)
+        results[name] = regression_metrics(torch.from_numpy(target), torch.from_numpy(pred))
+    real_train = sum(1 for r in read_filelist(real) if r.split == "TRAIN")
+    synth_train = len(read_filelist(synthetic))
+    return {
+        "real_mae": results["real"]["mae"], "synthetic_mae": results["synthetic"]["mae"],
+        "mae_ratio": results["synthetic"]["mae"] / results["real"]["mae"],
+        "real": results["real"], "synthetic": results["synthetic"],
+        "train_videos": {"real": real_train, "synthetic": synth_train}, "test_videos": len(videos),
+        "regressor_steps": sizes.regressor_steps, "synthetic_generation": synth_info,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# (d) privacy
+# ----------------------------------------------------------------------------------------------------
+
+
+def training_patients(root: Path) -> list[PatientAnatomy]:
+    """The demo weights' training patients, from the dataset recipe stored beside them."""
+    recipe_path = root / "training_data.json"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{recipe_path} is missing: the privacy evaluation needs to know which phantom "
+                                "patients the gate's bank was built from")
+    recipe = json.loads(recipe_path.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        # re-deriving the patient list through the same writer keeps one definition of the split
+        records = write_phantom_dataset(Path(tmp), recipe["num_patients"], seed=recipe["seed"],
+                                        views=tuple(recipe.get("views", ["A4C"])), num_frames=2,
+                                        split_fractions=tuple(recipe.get("split_fractions", (0.8, 0.1, 0.1))))
+    bank_splits = set(recipe.get("bank_splits", ["TRAIN"]))
+    seen, patients = set(), []
+    for rec in records:
+        key = (rec.extra["PatientSeed"], rec.extra["View"])
+        if rec.split in bank_splits and key not in seen:
+            seen.add(key)
+            patients.append(PatientAnatomy.sample(int(rec.extra["PatientSeed"]), rec.extra["View"]))
+    return patients
+
+
+def _patient_latents(pipe: EchoFlowPipeline, patients: list[PatientAnatomy], frames: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng([seed, 0xD])
+    latents = []
+    for anatomy in patients:
+        video = render_video(anatomy, ef=float(rng.uniform(15, 80)), num_frames=frames * 8,
+                             seed=int(rng.integers(0, 2**31 - 1)))
+        latents.append(pipe.encode(video.frames[:: 8][:frames]))
+    return torch.cat(latents)
+
+
+def evaluate_privacy(pipe: EchoFlowPipeline, root: Path, sizes: EvalSizes, seed: int, view: str) -> dict:
+    gate = pipe.gates[view]
+    train = [p for p in training_patients(root) if p.view == view][: sizes.privacy_patients]
+    rng = np.random.default_rng([EVAL_NEW_PATIENT_SEED, seed])
+    new = [PatientAnatomy.sample(int(rng.integers(1, 2**31 - 1)), view) for _ in range(sizes.privacy_patients)]
+    train_lat = _patient_latents(pipe, train, sizes.privacy_frames, seed)
+    new_lat = _patient_latents(pipe, new, sizes.privacy_frames, seed + 1)
+    train_report, new_report = gate.check(train_lat), gate.check(new_lat)
+    train_rejected = 1 - train_report.num_passed / len(train_report.items)
+    new_passed = new_report.num_passed / len(new_report.items)
+    # The predecessor's rule: 95th percentile of each training embedding's best match among held-out reals.
+    emb_train, emb_new = gate.reid.embed(train_lat), gate.reid.embed(new_lat)
+    tau_rule = select_tau(emb_train, emb_new, 95.0, gate.similarity)
+    gen_sims = []
+    for i in range(min(8, sizes.fidelity_videos)):
+        image = pipe.sample_images(view, steps=sizes.image_steps, seed=seed + 10_000 + i)
+        gen_sims.append(gate.check(image).items[0].max_similarity)
+    return {
+        "tau": gate.tau, "similarity": gate.similarity, "bank_size": int(gate.bank.shape[0]),
+        "train_rejected_frac": train_rejected, "new_passed_frac": new_passed,
+        "train_frames": len(train_report.items), "new_frames": len(new_report.items),
+        "train_patients": len(train), "new_patients": len(new),
+        "train_max_similarity_median": float(np.median([i.max_similarity for i in train_report.items])),
+        "new_max_similarity_median": float(np.median([i.max_similarity for i in new_report.items])),
+        "generated_max_similarity": [round(s, 6) for s in gen_sims],
+        "predecessor_rule_tau_p95": tau_rule,
+        "train_new_similarity_max": float(similarity_matrix(emb_train, emb_new, gate.similarity).max()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C", work: Path | None = None,
+                   quiet: bool = False) -> dict:
+    torch.manual_seed(seed)
+    pipe = EchoFlowPipeline.from_folder(root, views=[view], device="cpu")
+    ef_folders = find_model_folders(root, "ef")
+    if not ef_folders:
+        raise FileNotFoundError(f"no EF regressor under {root / 'ef'}; the EF fidelity check needs one")
+    regressor = load_model(next(iter(ef_folders.values())))
+    own_work = work is None
+    work = Path(tempfile.mkdtemp(prefix="echoflow-eval-")) if own_work else Path(work)
+    report: dict = {"weights": str(root), "view": view, "seed": seed, "sizes": asdict(sizes)}
+    try:
+        timer = time.perf_counter()
+        report["vae"] = evaluate_vae(pipe, sizes, seed)
+        report["ef_fidelity"] = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet)
+        report["synthetic_vs_real"] = evaluate_synthetic_vs_real(pipe, work, sizes, seed, view, quiet)
+        report["privacy"] = evaluate_privacy(pipe, root, sizes, seed, view)
+        start = time.perf_counter()
+        pipe.generate(view, 55.0, seed=seed, image_steps=sizes.image_steps, video_steps=sizes.video_steps)
+        report["timing"] = {
+            "generate_s": time.perf_counter() - start,
+            "steps": {"image": sizes.image_steps, "video": sizes.video_steps},
+            "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine(), "evaluation_s": time.perf_counter() - timer,
+        }
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    v, f, s, p, t = (report[k] for k in ("vae", "ef_fidelity", "synthetic_vs_real", "privacy", "timing"))
+    rows = [
+        ("A-VAE reconstruction", f"PSNR {v['psnr_db']:.2f} dB, SSIM {v['ssim']:.3f}", "PSNR >= 30 dB"),
+        ("EF fidelity (generated vs requested)", f"MAE {f['mae']:.2f}, r {f['pearson_r']:.3f}",
+         "MAE <= 6, r >= 0.85"),
+        ("EF regressor trained on real", f"MAE {s['real']['mae']:.2f}, RMSE {s['real']['rmse']:.2f}, "
+         f"R2 {s['real']['r2']:.3f}", ""),
+        ("EF regressor trained on synthetic", f"MAE {s['synthetic']['mae']:.2f}, RMSE "
+         f"{s['synthetic']['rmse']:.2f}, R2 {s['synthetic']['r2']:.3f}", ""),
+        ("synthetic / real MAE", f"{s['mae_ratio']:.2f}", "<= 1.25"),
+        ("gate: training-patient frames rejected", f"{p['train_rejected_frac']:.1%}", ">= 95 %"),
+        ("gate: new-patient frames passed", f"{p['new_passed_frac']:.1%}", ">= 90 %"),
+        (f"one video on CPU ({t['steps']['image']} + {t['steps']['video']} steps)", f"{t['generate_s']:.1f} s", ""),
+    ]
+    lines = ["| measure | result | target |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    root = Path(args.weights) if args.weights else default_weights_root()
+    sizes = EvalSizes.quick() if args.quick else EvalSizes()
+    for field_name in ("train_videos", "test_videos", "regressor_steps", "fidelity_videos"):
+        value = getattr(args, field_name)
+        if value is not None:
+            setattr(sizes, field_name, value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run_evaluation(root, sizes, seed=args.seed, view=args.view, work=args.work, quiet=args.quiet)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(report)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    print(table)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="measure the weights on held-out phantom patients -> JSON")
+    p.add_argument("--weights", default=None, help="weights root (default: the bundled phantom demo weights)")
+    p.add_argument("--out", default="docs/evaluation.json")
+    p.add_argument("--markdown", default=None, help="also write the summary table here")
+    p.add_argument("--view", default="A4C", type=str.upper, choices=["A4C", "PSAX", "PLAX"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, numbers meaningless)")
+    p.add_argument("--train-videos", type=int, default=None)
+    p.add_argument("--test-videos", type=int, default=None)
+    p.add_argument("--fidelity-videos", type=int, default=None)
+    p.add_argument("--regressor-steps", type=int, default=None)
+    p.add_argument("--work", default=None, help="keep the generated datasets here (default: a temp dir)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,403 @@
+"""Shared training machinery: arguments, seeds, AdamW, EMA, LR schedule, clipping, autocast, resume, the loop.
+
+A training run writes into one folder (``--out``), which is a model folder in the released layout as soon
+as the first checkpoint is saved::
+
+    OUT/config.json + diffusion_pytorch_model.safetensors     (EMA weights; ReID: config.yaml + backbone.safetensors)
+    OUT/training/state.pt      everything needed to resume (raw + EMA weights, optimizers, step, RNG, clock)
+    OUT/training/args.json     the arguments of the first run
+    OUT/training/log.jsonl     one JSON line per logged step
+
+``--resume`` continues from ``OUT/training/state.pt``; without it an existing state is refused (or
+replaced with ``--overwrite``). All randomness of a run comes from one ``torch.Generator`` whose state is
+checkpointed, so a resumed run draws the same batches it would have drawn without the interruption.
+
+Stopping: at ``--steps`` or when ``--max-minutes`` of training time (summed over resumes) have passed,
+whichever comes first. The learning-rate schedule (linear warm-up, then cosine or constant) runs on the
+*progress* ``max(step / steps, minutes / max_minutes)``, so a time-limited run still anneals to its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_model, save_model
+from ..progress import ProgressBar, format_seconds
+
+STATE_DIR = "training"
+STATE_NAME = "state.pt"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float,
+                    max_minutes: float | None = None, ema: float = 0.999, weight_decay: float = 0.01,
+                    warmup: int = 100, data_required: bool = True) -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--data", required=data_required,
+                   help="EchoNet-Dynamic layout folder (FileList.csv + Videos/); phantom datasets work too")
+    g.add_argument("--out", required=True, help="output model folder (released layout) + OUT/training/")
+    g.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    g.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    g.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate (default {lr:g})")
+    g.add_argument("--weight-decay", type=float, default=weight_decay)
+    g.add_argument("--warmup", type=int, default=warmup, help="linear warm-up steps")
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
+                   help="after warm-up: cosine to 10%% of the peak, or constant")
+    g.add_argument("--ema", type=float, default=ema, help="EMA decay of the saved weights (0 = no EMA)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0 = off)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-minutes", type=float, default=max_minutes,
+                   help="stop (and save) after this much training time, resumes included")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast (auto: on for CUDA, off on CPU)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/training/state.pt")
+    g.add_argument("--overwrite", action="store_true", help="start over even if OUT holds a training state")
+    g.add_argument("--init", default=None, help="start from the weights of this model folder (fine-tuning)")
+    g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--log-every", type=int, default=25)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def namespace_for(add_args: Callable[[argparse.ArgumentParser], None], **overrides) -> argparse.Namespace:
+    """Defaults of a sub-command's parser with `overrides` applied (the Python API of every trainer)."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    for action in parser._actions:  # required options become optional; overrides must supply them
+        action.required = False
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if not hasattr(args, key):
+            raise TypeError(f"unknown training option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices, seeds, precision
+# ----------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} asked for CUDA but torch sees no GPU; use --device cpu")
+    return device
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds torch's global RNG (weight init) and returns the run's own generator (batches, noise)."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optimisation helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_adamw(params, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices/kernels only (not on biases, norms, embeddings' 1-D tensors)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=1e-8)
+
+
+def lr_factor(step: int, progress: float, warmup: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from 1 to 0.1 over the run's progress (or constant)."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant":
+        return warm
+    p = min(max(progress, 0.0), 1.0)
+    return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params, clip: float,
+                  retain_graph: bool = False) -> float:
+    """backward, clip the gradient norm (returns it, before clipping), step, zero the gradients."""
+    loss.backward(retain_graph=retain_graph)
+    params = [p for p in params if p.grad is not None]
+    if clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied), with the usual warm-up
+    `decay_t = min(decay, (1 + step) / (10 + step))` so short runs are not dominated by the initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.decay > 0 else 0.0
+        ema_state = self.model.state_dict()
+        for key, value in model.state_dict().items():
+            target = ema_state[key]
+            if value.is_floating_point() and d > 0:
+                target.lerp_(value.detach().to(target.dtype), 1.0 - d)
+            else:
+                target.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["model"])
+
+
+def init_from(model: nn.Module, folder: str | Path) -> None:
+    """Copy weights from a model folder (strict) into `model`, for fine-tuning."""
+    source = load_model(folder)
+    model.load_state_dict(source.state_dict(), strict=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+
+
+class Run:
+    """Bookkeeping for one training run: resume, schedule, stopping, EMA, saving, logging, progress.
+
+    Usage::
+
+        run = Run(args, "lifm")
+        opt = run.optimizer(model.parameters())
+        run.track(model=model, optimizers={"opt": opt}, ema=True)   # restores a resumed state
+        for step in run.steps():
+            loss = ...; run.step_optimizer(loss, opt, model.parameters())
+            run.log(step, loss=loss.item())
+        run.finish()
+    """
+
+    def __init__(self, args: argparse.Namespace, kind: str, gen: torch.Generator | None = None):
+        self.args = args
+        self.kind = kind
+        self.out = Path(args.out)
+        self.state_dir = self.out / STATE_DIR
+        self.state_path = self.state_dir / STATE_NAME
+        if args.threads:
+            torch.set_num_threads(int(args.threads))
+        self.device = resolve_device(args.device)
+        self.gen = gen if gen is not None else seed_everything(args.seed)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all resumes
+        self.resumed = False
+        if self.state_path.is_file() and not (args.resume or args.overwrite):
+            raise SystemExit(f"error: {self.state_path} exists; pass --resume to continue that run or "
+                             "--overwrite to start over")
+        if args.resume and not self.state_path.is_file():
+            raise SystemExit(f"error: --resume but there is no {self.state_path} to resume from")
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ema: EMA | None = None
+        self.save_model_name = "model"
+        self.extra_state: dict = {}
+        self._bar: ProgressBar | None = None
+        self._last_log: dict = {}
+        self._log_fh = None
+        self._t0 = 0.0
+        self._loop_elapsed0 = 0.0
+        self._stopped_by = "steps"
+
+    # -- setup -------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.args.amp)
+
+    def optimizer(self, params, lr: float | None = None, weight_decay: float | None = None,
+                  betas=(0.9, 0.999)) -> torch.optim.AdamW:
+        return make_adamw(params, self.args.lr if lr is None else lr,
+                          self.args.weight_decay if weight_decay is None else weight_decay, betas)
+
+    def track(self, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+              save: str = "model", ema: bool = True) -> None:
+        """Register what is checkpointed; `save` names the model written in the released layout (EMA
+        weights when `ema`). Restores everything when resuming."""
+        self.models = models
+        self.optimizers = optimizers
+        self.save_model_name = save
+        if self.args.init and not self.args.resume:
+            init_from(models[save], self.args.init)
+        if ema and self.args.ema > 0:
+            self.ema = EMA(models[save], self.args.ema)
+        if self.args.resume:
+            self._restore()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        args_path = self.state_dir / "args.json"
+        if not args_path.exists() or not self.args.resume:
+            args_path.write_text(json.dumps(vars(self.args), indent=2, default=str) + "\n")
+        mode = "a" if self.args.resume else "w"
+        self._log_fh = open(self.state_dir / "log.jsonl", mode)
+
+    def _restore(self) -> None:
+        state = torch.load(str(self.state_path), map_location="cpu", weights_only=True)
+        if state.get("kind") != self.kind:
+            raise SystemExit(f"error: {self.state_path} is a {state.get('kind')} run, not {self.kind}")
+        for name, model in self.models.items():
+            model.load_state_dict(state["models"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.gen.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.extra_state = state.get("extra", {})
+        self.resumed = True
+
+    # -- loop --------------------------------------------------------------------------------------
+    def time_budget_s(self) -> float | None:
+        mm = self.args.max_minutes
+        return float(mm) * 60.0 if mm else None
+
+    def progress(self) -> float:
+        p = self.step / max(self.args.steps, 1)
+        budget = self.time_budget_s()
+        if budget:
+            p = max(p, self.elapsed / budget)
+        return p
+
+    def current_lr(self, base: float | None = None) -> float:
+        base = self.args.lr if base is None else base
+        return base * lr_factor(self.step, self.progress(), self.args.warmup, self.args.schedule)
+
+    def steps(self) -> Iterator[int]:
+        """Yields step indices until --steps or --max-minutes; saves every --save-every and at the end."""
+        for m in self.models.values():
+            m.to(self.device).train()
+        if self.ema is not None:
+            self.ema.model.to(self.device)
+        self._bar = ProgressBar(f"train {self.kind}", enabled=not self.args.quiet)
+        budget = self.time_budget_s()
+        self._t0 = time.perf_counter() - self.elapsed
+        self._loop_elapsed0 = self.elapsed
+        start_step = self.step
+        while self.step < self.args.steps:
+            if budget is not None and self.elapsed >= budget:
+                self._stopped_by = "max-minutes"
+                break
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group.setdefault("base_lr", group["lr"])
+                    group["lr"] = group["base_lr"] * lr_factor(self.step, self.progress(), self.args.warmup,
+                                                               self.args.schedule)
+            yield self.step
+            self.step += 1
+            self.elapsed = time.perf_counter() - self._t0
+            if self.ema is not None:
+                self.ema.update(self.models[self.save_model_name])
+            self._draw(budget, start_step)
+            if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.args.steps:
+                self.save()
+        self.save()
+        if self._bar is not None and self._bar.enabled:
+            self._bar.stream.write("\n")
+
+    def _draw(self, budget: float | None, start_step: int) -> None:
+        if self._bar is None:
+            return
+        total = self.args.steps
+        done = self.step
+        rate = (done - start_step) / max(self.elapsed - self._loop_elapsed0, 1e-9)
+        eta_steps = (total - done) / rate if rate > 0 else float("inf")
+        eta = eta_steps if budget is None else min(eta_steps, max(budget - self.elapsed, 0.0))
+        losses = " ".join(f"{k} {v:.4g}" for k, v in self._last_log.items() if isinstance(v, float))
+        self._bar.postfix = f"eta {format_seconds(eta)} {losses}"
+        self._bar.update(min(done, total - 1) if done < total else total, total)
+
+    def log(self, **values) -> None:
+        """Record losses/metrics of the current step; written every --log-every steps."""
+        values = {k: (float(v.detach()) if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+        self._last_log = values
+        if self._log_fh is not None and (self.step % max(self.args.log_every, 1) == 0):
+            row = {"step": self.step, "minutes": round(self.elapsed / 60.0, 3), **values}
+            self._log_fh.write(json.dumps(row) + "\n")
+            self._log_fh.flush()
+
+    @property
+    def last_log(self) -> dict:
+        return dict(self._last_log)
+
+    # -- saving ------------------------------------------------------------------------------------
+    def export_model(self) -> nn.Module:
+        """The model written in the released layout: the EMA copy if there is one."""
+        return self.ema.model if self.ema is not None else self.models[self.save_model_name]
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        model = self.export_model()
+        was_training = model.training
+        model.eval()
+        save_model(model, self.out)
+        model.train(was_training)
+        state = {
+            "kind": self.kind,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "generator": self.gen.get_state(),
+            "models": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()} for k, m in self.models.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "extra": self.extra_state,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, str(tmp))
+        os.replace(tmp, self.state_path)
+
+    def finish(self, **summary) -> dict:
+        """Close the log and write OUT/training/summary.json; returns the summary."""
+        info = {"kind": self.kind, "steps": self.step, "minutes": round(self.elapsed / 60.0, 2),
+                "stopped_by": self._stopped_by if self.step < self.args.steps else "steps",
+                "last": self._last_log, **summary}
+        (self.state_dir / "summary.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        if not self.args.quiet:
+            print(f"{self.kind}: {self.step} steps in {format_seconds(self.elapsed)} -> {self.out}"
+                  + "".join(f", {k} {v:.4g}" for k, v in summary.items() if isinstance(v, float)))
+        return info

@@ -1,0 +1,120 @@
+"""`echoflow train lvfm`: the latent video flow (STDiT) conditioned on EF and a latent image.
+
+Flow matching (spec 5.2) on random `frames`-long windows of cached latent videos resampled to 32 fps
+(zero-padded and masked out of the loss where a video is shorter). Conditioning:
+* the conditioning image = a random latent frame of the same video (+ `--noise-cond` Gaussian noise),
+  zeroed with probability `--p-drop-cond`;
+* EF / 100 as the one-token caption, swapped for the null caption (`drop_ef`, the STDiT's `y_embedding`)
+  with probability `class_dropout_prob` (`--p-drop-ef`), so EF guidance has an unconditional branch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..lvfm import DiffuserSTDiT, STDiTConfig
+from .common import Run, add_common_args, clip_and_step
+from .data import TARGET_FPS, LatentSet, load_latent_cache
+from .lifm import sample_t
+from .scaling_io import load_or_fit_scaler
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser, steps=3000, batch_size=4, lr=3e-4, warmup=100, ema=0.999, data_required=False)
+    g = parser.add_argument_group("LVFM")
+    g.add_argument("--latents", required=True, help="latent cache (.pt) from `echoflow train latents`")
+    g.add_argument("--scaling", default=None, help="scaling.pt (default: fitted on the cache's TRAIN latents)")
+    g.add_argument("--frames", type=int, default=64, help="video length in frames (input_size T)")
+    g.add_argument("--train-frames", type=int, default=None,
+                   help="train on shorter windows (the temporal table is positional, so a model trained on "
+                        "32 frames still has 64 positions); default --frames")
+    g.add_argument("--fps", type=float, default=TARGET_FPS)
+    g.add_argument("--hidden", type=int, default=128)
+    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--depth", type=int, default=4)
+    g.add_argument("--patch", default="2,4,4", help="T,H,W patch of the latent video")
+    g.add_argument("--mlp-ratio", type=float, default=4.0)
+    g.add_argument("--p-drop-ef", type=float, default=0.1, help="EF -> null caption (class_dropout_prob)")
+    g.add_argument("--p-drop-cond", type=float, default=0.1, help="conditioning image -> zeros")
+    g.add_argument("--noise-cond", type=float, default=0.05, help="noise added to the conditioning image")
+    g.add_argument("--sigma-min", type=float, default=1e-5)
+    g.add_argument("--t-sampling", default="uniform", choices=["uniform", "logit-normal"],
+                   help="how flow times are drawn: U(0, 1) (spec) or sigmoid(N(0, 1)) (SD3; mid-t emphasis)")
+    g.add_argument("--ef-init-std", type=float, default=1.0,
+                   help="init std of the EF caption MLP's first layer (the STDiT default 0.02 is made for "
+                        "4096-d text captions; a 1-d EF needs a larger one to be picked up in short runs)")
+    g.add_argument("--null-ef", type=float, default=-1.0,
+                   help="value of the null caption y_embedding (the EF token of dropped/unconditional "
+                        "samples); outside [0, 1] so it cannot be mistaken for a real EF")
+    g.add_argument("--splits", default="TRAIN")
+    g.add_argument("--sample-latents", action="store_true")
+
+
+def build_lvfm(args: argparse.Namespace, latent_channels: int, latent_size: int) -> DiffuserSTDiT:
+    patch = [int(p) for p in str(args.patch).split(",")]
+    cfg = STDiTConfig(
+        input_size=[args.frames, latent_size, latent_size],
+        in_channels=2 * latent_channels,
+        out_channels=latent_channels,
+        patch_size=patch,
+        hidden_size=args.hidden,
+        depth=args.depth,
+        num_heads=args.heads,
+        mlp_ratio=args.mlp_ratio,
+        class_dropout_prob=args.p_drop_ef,
+        caption_channels=1,
+        model_max_length=1,
+    )
+    model = DiffuserSTDiT(cfg)
+    model.initialize_weights()
+    y = model.model.y_embedder
+    if y is not None:
+        torch.nn.init.normal_(y.y_proj.fc1.weight, std=getattr(args, "ef_init_std", 1.0))
+        torch.nn.init.normal_(y.y_proj.fc1.bias, std=0.5 * getattr(args, "ef_init_std", 1.0))
+        torch.nn.init.xavier_uniform_(y.y_proj.fc2.weight)
+        with torch.no_grad():
+            y.y_embedding.fill_(getattr(args, "null_ef", -1.0))
+    return model
+
+
+def masked_flow_loss(model, z0, cond, ef, drop_ef, valid, gen, sigma_min, device, autocast,
+                     t_sampling: str = "uniform"):
+    """Spec 5.2 flow matching, frames outside `valid` ([B, T]) excluded from the mean."""
+    b = z0.shape[0]
+    noise = torch.randn(z0.shape, generator=gen).to(device)
+    t = sample_t(b, t_sampling, gen).to(device)
+    tb = t.view(b, 1, 1, 1, 1)
+    z_t = (1 - tb) * z0 + (sigma_min + (1 - sigma_min) * tb) * noise
+    target = (1 - sigma_min) * noise - z0
+    with autocast:
+        v = model(z_t, t, ef, cond, drop_ef=drop_ef)
+    err = (v.float() - target).pow(2)  # [B, C, T, h, w]
+    w = valid[:, None, :, None, None].float().expand_as(err)
+    return (err * w).sum() / w.sum().clamp_min(1.0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    run_ = Run(args, "lvfm")
+    cache = load_latent_cache(args.latents)
+    scaler = load_or_fit_scaler(cache, args.scaling, run_.out)
+    data = LatentSet(cache, args.splits, scaler, args.sample_latents)
+    c, h, _ = data.mean.shape[1:]
+    model = build_lvfm(args, c, h)
+    opt = run_.optimizer(model.parameters())
+    run_.track({"model": model}, {"opt": opt})
+    device = run_.device
+    frames = args.train_frames or args.frames
+    for _ in run_.steps():
+        clip = data.sample_clips(args.batch_size, frames, run_.gen, args.fps, args.noise_cond)
+        b = clip.video.shape[0]
+        drop_cond = torch.rand(b, generator=run_.gen) < args.p_drop_cond
+        drop_ef = (torch.rand(b, generator=run_.gen) < args.p_drop_ef).to(device)
+        cond = clip.cond * (~drop_cond).float()[:, None, None, None]
+        loss = masked_flow_loss(model, clip.video.to(device), cond.to(device), clip.ef.to(device), drop_ef,
+                                clip.valid.to(device), run_.gen, args.sigma_min, device, run_.autocast(),
+                                args.t_sampling)
+        gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
+        run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
+    return run_.finish()

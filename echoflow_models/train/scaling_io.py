@@ -1,0 +1,24 @@
+"""Where a trainer's latent scaling comes from: a given scaling.pt, or fitted on the cache's TRAIN split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..scaling import LatentScaler
+from .data import fit_scaling
+
+
+def load_or_fit_scaler(cache: dict, scaling: str | None, out: Path | None = None) -> LatentScaler:
+    """`scaling` (a scaling.pt path) if given, else per-channel statistics of the TRAIN latents; a fitted
+    scaler is also written to OUT/training/scaling.pt so the run records what it trained on."""
+    if scaling:
+        scaler = LatentScaler.load(scaling)
+    else:
+        scaler = fit_scaling(cache, ("TRAIN",))
+        if out is not None:
+            (Path(out) / "training").mkdir(parents=True, exist_ok=True)
+            scaler.save(Path(out) / "training" / "scaling.pt")
+    channels = cache["mean"].shape[1]
+    if scaler.channels != channels:
+        raise SystemExit(f"error: scaling.pt has {scaler.channels} channels but the latents have {channels}")
+    return scaler

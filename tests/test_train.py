@@ -1,0 +1,226 @@
+"""Training: every stage runs a few steps on a tiny phantom dataset and writes a checkpoint that `load_model`
+loads strictly; resume continues the same run; the bundled demo weights load strictly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from echoflow_models import load_model
+from echoflow_models.checkpoint import save_model
+from echoflow_models.efnet import EFRegressor, EFRegressorConfig
+from echoflow_models.train import train
+from echoflow_models.train.all import PRESETS
+from echoflow_models.train.data import LatentSet, MaskSource, load_latent_cache, select_records
+from echoflow_models.train.reid import choose_tau
+from echoflow_models.weights import bundled_weights_root
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """5 phantom patients x 2 views, 8 frames each (every split present)."""
+    from echoflow_models.echonet import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("train") / "ds"
+    write_phantom_dataset(root, 5, seed=3, views=("A4C", "PSAX"), num_frames=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    train("vae", data=str(tiny_data), out=str(out), threads=1, quiet=True, **TINY["vae"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_data, tiny_vae, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("cache")
+    cache, scaling = folder / "latents.pt", folder / "scaling.pt"
+    train("latents", data=str(tiny_data), vae=str(tiny_vae), out=str(cache), scaling_out=str(scaling),
+          phantom_masks=True, threads=1, quiet=True)
+    return cache, scaling
+
+
+def _state(folder: Path) -> dict:
+    return torch.load(str(folder / "training" / "state.pt"), weights_only=True)
+
+
+def test_vae_checkpoint_loads_strictly(tiny_vae):
+    vae = load_model(tiny_vae)
+    assert vae.class_name == "AutoencoderKL"
+    assert vae.config.block_out_channels == [8, 8, 8]
+    assert (tiny_vae / "training" / "summary.json").is_file()
+    z = vae.encode(torch.zeros(1, 3, 112, 112)).mean
+    assert z.shape == (1, 4, 28, 28)
+
+
+def test_vae_resume_continues_and_refuses_to_clobber(tiny_data, tiny_vae, tmp_path):
+    run = tmp_path / "vae"
+    shutil.copytree(tiny_vae, run)
+    with pytest.raises(SystemExit, match="--resume"):
+        train("vae", data=str(tiny_data), out=str(run), threads=1, quiet=True, **TINY["vae"])
+    opts = {**TINY["vae"], "steps": 5}
+    summary = train("vae", data=str(tiny_data), out=str(run), resume=True, threads=1, quiet=True, **opts)
+    assert summary["steps"] == 5
+    assert _state(run)["step"] == 5
+    load_model(run)
+
+
+def test_latent_cache_has_masks_views_and_scaling(tiny_cache):
+    cache_path, scaling_path = tiny_cache
+    cache = load_latent_cache(cache_path)
+    assert cache["mean"].dtype == torch.float16 and cache["mean"].shape[1:] == (4, 28, 28)
+    assert int(cache["offsets"][-1]) == cache["mean"].shape[0] == 10 * 8
+    assert set(cache["views"].tolist()) == {0, 1}
+    train_set = LatentSet(cache, "TRAIN")
+    assert train_set.has_mask.all() and train_set.masks.any()  # phantom masks for every TRAIN frame
+    scaling = torch.load(str(scaling_path), weights_only=True)
+    assert scaling["mean"].shape == (4,) and (scaling["std"] > 0).all()
+
+
+def test_flow_and_reid_stages_write_loadable_checkpoints(tiny_cache, tmp_path):
+    cache, scaling = tiny_cache
+    common = {"latents": str(cache), "scaling": str(scaling), "threads": 1, "quiet": True}
+    train("lifm", out=str(tmp_path / "lifm"), **common, **TINY["lifm"])
+    lifm = load_model(tmp_path / "lifm")
+    assert lifm.config.in_channels == 5 and lifm.config.num_embeds_ada_norm == 3
+    v = lifm(torch.randn(2, 4, 28, 28), torch.rand(2), torch.tensor([0, 3]), torch.zeros(2, 1, 28, 28))
+    assert v.shape == (2, 4, 28, 28)
+
+    train("lvfm", out=str(tmp_path / "lvfm"), **common, **TINY["lvfm"])
+    lvfm = load_model(tmp_path / "lvfm")
+    assert lvfm.config.input_size == [8, 28, 28] and lvfm.config.caption_channels == 1
+    out = lvfm(torch.randn(1, 4, 8, 28, 28), torch.rand(1), torch.tensor([0.55]), torch.randn(1, 4, 28, 28),
+               drop_ef=torch.tensor([True]))
+    assert out.shape == (1, 4, 8, 28, 28)
+
+    summary = train("reid", out=str(tmp_path / "reid"), **common, **TINY["reid"])
+    reid = load_model(tmp_path / "reid")
+    assert reid.config.width == TINY["reid"]["width"]
+    bank = torch.load(str(tmp_path / "reid" / "anatomies_phantom.pt"), weights_only=True)
+    assert bank.shape == (3 * 2 * TINY["reid"]["bank_frames"], TINY["reid"]["embed_dim"])  # 3 TRAIN patients x 2 views
+    calib = json.loads((tmp_path / "reid" / "training" / "calibration.json").read_text())
+    assert 0 < summary["tau"] <= 1 and "predecessor_rule" in calib
+    # only the backbone is shipped: the siamese head lives in the training state, not the release folder
+    assert sorted(p.name for p in (tmp_path / "reid").iterdir()) == [
+        "anatomies_phantom.pt", "backbone.safetensors", "config.yaml", "training"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_cache, tmp_path):
+    cache, scaling = tiny_cache
+    opts = {**TINY["lifm"], "latents": str(cache), "scaling": str(scaling), "threads": 1, "quiet": True,
+            "ema": 0.9, "warmup": 2, "schedule": "constant"}
+    train("lifm", out=str(tmp_path / "straight"), **{**opts, "steps": 4})
+    train("lifm", out=str(tmp_path / "split"), **{**opts, "steps": 2})
+    train("lifm", out=str(tmp_path / "split"), resume=True, **{**opts, "steps": 4})
+    a, b = load_model(tmp_path / "straight"), load_model(tmp_path / "split")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=k)
+
+
+def test_ef_regressor_trains_and_loads(tiny_data, tmp_path):
+    opts = {**TINY["ef"], "eval_split": "VAL"}
+    summary = train("ef", data=str(tiny_data), out=str(tmp_path / "ef"), threads=1, quiet=True, **opts)
+    model = load_model(tmp_path / "ef")
+    assert isinstance(model, EFRegressor)
+    assert model.config.ef_scale > 0 and summary["val_n"] == 2
+    ef = model(torch.rand(3, 3, 16, 112, 112) * 2 - 1)
+    assert ef.shape == (3,) and torch.isfinite(ef).all()
+
+
+def test_efnet_round_trip(tmp_path):
+    model = EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 16, 16]))
+    save_model(model, tmp_path / "ef")
+    loaded = load_model(tmp_path / "ef")
+    x = torch.rand(2, 3, 20, 64, 64) * 2 - 1
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    assert json.loads((tmp_path / "ef" / "config.json").read_text())["_class_name"] == "EFRegressor"
+
+
+def test_choose_tau_separates_and_reports_fractions():
+    train_sims = torch.tensor([0.9999, 0.99995, 0.99992, 0.9998, 0.99999])
+    new_sims = torch.tensor([0.99, 0.995, 0.98, 0.9990, 0.97])
+    out = choose_tau(train_sims, new_sims)
+    assert 0.999 < out["tau"] <= 0.9998
+    assert out["train_rejected_frac"] == 1.0 and out["new_passed_frac"] == 1.0 and out["meets_targets"]
+
+
+def test_volume_tracings_become_masks(tmp_path, tiny_data):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("Masks"))
+    rec = select_records(root, "TRAIN")[0]
+    lines = ["FileName,X1,Y1,X2,Y2,Frame", f"{rec.file_name}.avi,56,20,56,90,3"]
+    for y in range(25, 90, 5):
+        lines.append(f"{rec.file_name}.avi,40,{y},72,{y},3")
+    (root / "VolumeTracings.csv").write_text("\n".join(lines) + "\n")
+    masks, has = MaskSource(root).masks(rec, 8)
+    assert has.tolist() == [False, False, False, True, False, False, False, False]
+    assert masks[3].sum() > 1500 and masks[3, 50, 56] and not masks[3, 50, 20] and masks[0].sum() == 0
+
+
+@pytest.mark.slow
+def test_train_all_exports_a_loadable_weights_root(tiny_data, tmp_path):
+    out = tmp_path / "weights"
+    cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(tiny_data), "--work",
+           str(tmp_path / "work"), "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet"]
+    subprocess.run(cmd, check=True)
+    gates = json.loads((out / "gates.json").read_text())
+    assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
+    info = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(out)], check=True,
+                          capture_output=True, text=True).stdout
+    assert info.count("loads strictly") == 5
+    from echoflow_models.pipeline import EchoFlowPipeline
+
+    pipe = EchoFlowPipeline.from_folder(out)
+    assert set(pipe.gates) == {"A4C", "PSAX", "PLAX"}
+    manifest = json.loads((out / "training.json").read_text())
+    assert manifest["dtype"] == "float16" and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The bundled demo weights
+# ----------------------------------------------------------------------------------------------------
+
+BUNDLED = bundled_weights_root()
+KINDS = {"vae": "phantom-4f4", "lifm": "phantom-dit", "lvfm": "phantom-stdit", "reid": "phantom-4f4",
+         "ef": "phantom-r3d"}
+
+
+def test_bundled_weights_are_complete_and_small():
+    for kind, name in KINDS.items():
+        assert (BUNDLED / kind / name).is_dir(), f"missing bundled {kind}/{name}"
+    for asset in ("scaling.pt", "anatomies_phantom.pt"):
+        assert (BUNDLED / "assets" / asset).is_file()
+    size = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
+    assert size <= 25e6, f"bundled weights are {size / 1e6:.1f} MB (limit 25 MB)"
+    gates = json.loads((BUNDLED / "gates.json").read_text())
+    for view in ("A4C", "PSAX", "PLAX"):
+        assert gates[view]["reid"] == "phantom-4f4" and gates[view]["banks"] == ["anatomies_phantom.pt"]
+        assert 0 < gates[view]["tau"] <= 1
+
+
+def test_bundled_weights_load_strictly():
+    for kind, name in KINDS.items():
+        model = load_model(BUNDLED / kind / name)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    out = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(BUNDLED)], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.count("loads strictly") == 5
+
+
+def test_bundled_weights_make_a_pipeline():
+    from echoflow_models.pipeline import EchoFlowPipeline
+
+    pipe = EchoFlowPipeline.from_folder(BUNDLED)
+    assert pipe.latent_shape == (4, 28, 28)
+    assert pipe.lvfm.num_frames == 64
+    assert pipe.scaler.channels == 4
