@@ -98,9 +98,13 @@ class TimestepLabelEmbedding(nn.Module):
         self.timestep_embedder = TimestepEmbedding(dim)
         self.class_embedder = LabelEmbedding(num_classes, dim)
 
-    def forward(self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        feats = timestep_features(t, 256, freq_shift=1.0).to(dtype)
-        return self.timestep_embedder(feats) + self.class_embedder(labels)
+    def forward(
+        self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`feats`: `timestep_features(t)` when the caller already has them (one per forward, not per block)."""
+        if feats is None:
+            feats = timestep_features(t, 256, freq_shift=1.0)
+        return self.timestep_embedder(feats.to(dtype)) + self.class_embedder(labels)
 
 
 class AdaLayerNormZero(nn.Module):
@@ -111,8 +115,10 @@ class AdaLayerNormZero(nn.Module):
         self.emb = TimestepLabelEmbedding(num_classes, dim)
         self.linear = nn.Linear(dim, 6 * dim)
 
-    def forward(self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.linear(F.silu(self.emb(t, labels, dtype)))  # [B, 6D]
+    def forward(
+        self, t: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.linear(F.silu(self.emb(t, labels, dtype, feats)))  # [B, 6D]
 
 
 class SelfAttention(nn.Module):
@@ -123,10 +129,36 @@ class SelfAttention(nn.Module):
         self.to_k = nn.Linear(dim, dim, bias=bias)
         self.to_v = nn.Linear(dim, dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self._qkv_cache: tuple | None = None
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The q/k/v projections as one cached [3D, D] weight, for inference (one GEMM instead of three).
+
+        Rebuilt whenever a projection's storage, version (in-place updates, `load_state_dict`), dtype or
+        device changes; never used while gradients flow into the weights (training keeps the three layers).
+        The cache is a plain attribute, so state-dict keys are unchanged."""
+        projs = (self.to_q, self.to_k, self.to_v)
+        if _is_compiling():  # traced: no Python-side cache (freezing folds the concatenation)
+            bias = torch.cat([p.bias for p in projs]) if self.to_q.bias is not None else None
+            return torch.cat([p.weight for p in projs]), bias
+        if any(p.weight.is_inference() for p in projs) or (
+            torch.is_grad_enabled() and any(p.weight.requires_grad for p in projs)
+        ):
+            return None
+        key = tuple((p.weight.data_ptr(), p.weight._version, p.weight.dtype, p.weight.device) for p in projs)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            weight = torch.cat([p.weight for p in projs])
+            bias = torch.cat([p.bias for p in projs]) if self.to_q.bias is not None else None
+            self._qkv_cache = (key, weight, bias)
+        return self._qkv_cache[1], self._qkv_cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.to_q, self.to_k, self.to_v))
+        fused = self._fused_qkv()
+        if fused is not None:
+            q, k, v = F.linear(x, *fused).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = (split_heads(proj(x), self.heads) for proj in (self.to_q, self.to_k, self.to_v))
         out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
         return self.to_out[0](out.transpose(1, 2).reshape(b, n, c))
 
@@ -137,6 +169,8 @@ class GeluProj(nn.Module):
         self.proj = nn.Linear(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # the projection's output is ours: no second hidden-sized buffer
+            return _gelu_tanh_(self.proj(x), approximate="tanh")
         return F.gelu(self.proj(x), approximate="tanh")
 
 
@@ -159,13 +193,42 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.norm_eps = cfg.norm_eps
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        mods = self.norm1(t, labels, x.dtype)[:, None]  # [B, 1, 6D]
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mods = self.norm1(t, labels, x.dtype, feats)[:, None]  # [B, 1, 6D]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
-        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale_msa) + shift_msa
-        x = x + gate_msa * self.attn1(h)
-        h = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_mlp) + shift_mlp
-        return x + gate_mlp * self.ff(h)
+        # Modulation and gated residuals each in one pass (addcmul); without autograd (sampling) they
+        # write over buffers this block owns (the residual stream, fresh norm outputs) instead of
+        # allocating new token-sized ones.
+        inplace = not torch.is_grad_enabled()
+        h = _modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), shift_msa, scale_msa, inplace)
+        x = _gated_add(x, gate_msa, self.attn1(h), inplace)
+        h = _modulate(F.layer_norm(x, x.shape[-1:], eps=self.norm_eps), shift_mlp, scale_mlp, inplace)
+        return _gated_add(x, gate_mlp, self.ff(h), inplace)
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """normed * (1 + scale) + shift in one pass; over `normed` (a fresh buffer) when allowed."""
+    if inplace:
+        return torch.addcmul(shift, normed, 1 + scale, out=normed)
+    return torch.addcmul(shift, normed, 1 + scale)
+
+
+def _gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """x + gate * branch; in place on the residual stream when allowed."""
+    return x.addcmul_(gate, branch) if inplace else torch.addcmul(x, gate, branch)
+
+def _gelu_tanh_(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """tanh-GELU written over `x` (a buffer the caller owns); out of place where torch lacks the kernel."""
+    inplace = getattr(torch._C._nn, "gelu_", None)
+    return inplace(x, approximate=approximate) if inplace is not None else F.gelu(x, approximate=approximate)
+
 
 
 class SegDiTTransformer2DModel(nn.Module):
@@ -212,9 +275,10 @@ class SegDiTTransformer2DModel(nn.Module):
         elif mask is not None:
             raise ValueError("this LIFM was built without a mask channel (in_channels == out_channels)")
         tokens = self.pos_embed(x)  # [B, N, D]
+        feats = timestep_features(t, 256, freq_shift=1.0)  # once, shared by every block's embedder
         for block in self.transformer_blocks:
-            tokens = block(tokens, t, view)
-        cond = self.transformer_blocks[0].norm1.emb(t, view, tokens.dtype)
+            tokens = block(tokens, t, view, feats)
+        cond = self.transformer_blocks[0].norm1.emb(t, view, tokens.dtype, feats)
         shift, scale = self.proj_out_1(F.silu(cond))[:, None].chunk(2, dim=-1)
         tokens = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6) * (1 + scale) + shift
         return self.unpatchify(self.proj_out_2(tokens), h // self.patch, w // self.patch)

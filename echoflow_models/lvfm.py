@@ -133,29 +133,62 @@ class STDiTBlock(nn.Module):
         frames: int,
         temporal_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, T*S, C]; t0: [B, 6C]; caption: [B, L, C]."""
+        """x: [B, T*S, C]; t0: [B, 6C]; caption: [B, L, C].
+
+        Without autograd (sampling) the residual stream is updated in place and the temporal branch's
+        result is added back through a strided view, so a block allocates few token-sized buffers; with
+        autograd every step is out of place. Both compute the same thing.
+        """
         b, n, c = x.shape
         s = n // frames
         mods = self.scale_shift_table[None] + t0.reshape(b, 6, c)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)  # [B, 1, C]
+        inplace = not torch.is_grad_enabled()
 
         # spatial attention within each frame
-        x_s = modulate(F.layer_norm(x, (c,), eps=1e-6), shift_msa, scale_msa)
+        x_s = _modulate(F.layer_norm(x, (c,), eps=1e-6), shift_msa, scale_msa, inplace)
         x_s = self.attn(x_s.reshape(b * frames, s, c)).reshape(b, n, c)
-        x = x + gate_msa * x_s
+        x = _gated_add(x, gate_msa, x_s, inplace)
 
-        # temporal attention at each position, on the un-modulated tokens, with the same gate
-        x_t = x.reshape(b, frames, s, c).transpose(1, 2).reshape(b * s, frames, c)
+        # temporal attention at each position, on the un-modulated tokens, with the same gate; the tokens
+        # are made contiguous in (B S) T C order so its projections run as plain 2-D GEMMs
+        x_t = x.reshape(b, frames, s, c).transpose(1, 2).contiguous().reshape(b * s, frames, c)
         if temporal_pos is not None:
             x_t = x_t + temporal_pos
-        x_t = self.attn_temp(x_t).reshape(b, s, frames, c).transpose(1, 2).reshape(b, n, c)
-        x = x + gate_msa * x_t
+        x_t = self.attn_temp(x_t).reshape(b, s, frames, c).transpose(1, 2)  # [B, T, S, C], strided
+        if inplace:
+            x.view(b, frames, s, c).addcmul_(gate_msa[:, None], x_t)
+        else:
+            x = x + gate_msa * x_t.reshape(b, n, c)
 
         if self.cross_attn is not None and caption is not None:
-            x = x + self.cross_attn(x, caption)
+            cross = self.cross_attn(x, caption)
+            x = x.add_(cross) if inplace else x + cross
 
-        h = modulate(F.layer_norm(x, (c,), eps=1e-6), shift_mlp, scale_mlp)
-        return x + gate_mlp * self.mlp(h)
+        h = _modulate(F.layer_norm(x, (c,), eps=1e-6), shift_mlp, scale_mlp, inplace)
+        if inplace:
+            h = self.mlp.fc2(_gelu_tanh_(self.mlp.fc1(h), approximate="tanh"))
+        else:
+            h = self.mlp(h)
+        return _gated_add(x, gate_mlp, h, inplace)
+
+
+def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """normed * (1 + scale) + shift in one pass, written over `normed` (a fresh buffer) when allowed."""
+    if inplace:
+        return torch.addcmul(shift, normed, 1 + scale, out=normed)
+    return modulate(normed, shift, scale)
+
+
+def _gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """x + gate * branch, in place on the residual stream when allowed."""
+    return x.addcmul_(gate, branch) if inplace else torch.addcmul(x, gate, branch)
+
+def _gelu_tanh_(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """tanh-GELU written over `x` (a buffer the caller owns); out of place where torch lacks the kernel."""
+    inplace = getattr(torch._C._nn, "gelu_", None)
+    return inplace(x, approximate=approximate) if inplace is not None else F.gelu(x, approximate=approximate)
+
 
 
 class FinalLayer(nn.Module):

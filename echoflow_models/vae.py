@@ -88,10 +88,13 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # Without autograd the activations and the residual sum reuse the buffers just produced (fewer
+        # image-sized allocations: on the CPU large ones are fresh pages every time).
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        return skip + h
+        return h.add_(skip) if inplace else skip + h
 
 
 class SpatialSelfAttention(nn.Module):
@@ -107,7 +110,7 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)  # [B, HW, C]
+        tokens = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)  # [B, HW, C] (any memory format)
         q = self.to_q(tokens)[:, None]  # [B, 1, HW, C]
         k = self.to_k(tokens)[:, None]
         v = self.to_v(tokens)[:, None]
@@ -224,7 +227,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=not torch.is_grad_enabled()))
 
 
 class AutoencoderKL(nn.Module):

@@ -1,0 +1,994 @@
+"""`echoflow bench`: time every EchoFlow stage at released-like sizes, side by side with the peer code.
+
+    echoflow bench --device cpu --quick                       # < 3 minutes on 2 cores
+    echoflow bench --device cuda --dtype fp32,bf16,fp16 --json bench.json
+    echoflow bench --stages lifm,vae --no-peer
+
+Stages (the sizes of the release family; weights are random but identical in both paths):
+
+* lifm: DiT-S/2 and DiT-B/2 latent image flow, 50 Euler steps, batch 1 and 16, through
+  `EchoFlowPipeline.sample_images`; peer: diffusers `DiTTransformer2DModel` (same state dict, in_channels 5)
+  in a per-step Python Euler loop.
+* reid: the privacy gate (`PrivacyGate.check`) for 64 latents against a 10,000-row bank; peer: the
+  predecessor's per-image loop (embed one latent, correlate it with the bank).
+* lvfm: STDiT-S/2 and STDiT-B/2 with 64 frames, 50 steps, batch 1 and 4, guidance off (1) and on, through
+  `EchoFlowPipeline.animate`; peer: the textbook STDiT of `bench/reference_stdit.py` (eager attention,
+  two forwards per guided step).
+* vae: decoding a 64-frame video with the avae-4f4 and avae-16f8 shapes through `EchoFlowPipeline.decode`;
+  peer: diffusers `AutoencoderKL.decode` on all frames at once.
+
+Sampling is timed per step: a run stops after a few steps of the 50-step grid and the 50-step cost is
+extrapolated from the median step (the output says "measured N steps, per-step x s, 50-step estimate
+y s"). Before any time is reported, the two paths' outputs for the same weights, noise and grid are
+compared; a stage whose outputs differ beyond its tolerance reports no time. The peer code is loaded from
+the repository's `bench/` folder (diffusers from the `bench` extra); it is never imported at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .sampling import sample_flow_cuda_graph, seeded_noise
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STAGES = ("lifm", "reid", "lvfm", "vae")
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+SCHEMA = 1
+
+# Release-family sizes (spec 2.2 / 2.4; the S sizes are the ones of tests/fixtures/.../manifests.json).
+LIFM_MODELS = {
+    "DiT-S/2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12),
+    "DiT-B/2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12),
+    "DiT-tiny": dict(num_attention_heads=2, attention_head_dim=16, num_layers=2),
+}
+LIFM_COMMON = dict(in_channels=5, out_channels=4, sample_size=28, patch_size=2, num_embeds_ada_norm=3)
+LVFM_MODELS = {
+    "STDiT-S/2": dict(hidden_size=384, depth=12, num_heads=6),
+    "STDiT-B/2": dict(hidden_size=768, depth=12, num_heads=12),
+    "STDiT-tiny": dict(hidden_size=64, depth=2, num_heads=4),
+}
+LVFM_COMMON = dict(in_channels=8, out_channels=4, patch_size=[1, 2, 2], caption_channels=1, model_max_length=1)
+VAE_MODELS = {
+    # avae-16f8: the released config.json (spec 1.2). avae-4f4: its block widths are not published; three
+    # levels of the same family (f = 4) are assumed.
+    "avae-4f4": dict(block_out_channels=[128, 256, 512], latent_channels=4, layers_per_block=2),
+    "avae-16f8": dict(block_out_channels=[128, 256, 256, 512], latent_channels=16, layers_per_block=2),
+    "avae-tiny": dict(block_out_channels=[32, 64, 64], latent_channels=4, layers_per_block=1),
+}
+IMAGE_SIZE = 112
+
+# Output agreement required before a time is reported: max |ours - peer| / max |peer|.
+TOLERANCE = {"fp32": 1e-4, "bf16": 6e-2, "fp16": 2e-2}
+# VAE: decoded uint8 pixels may differ by rounding; this many grey levels at most.
+PIXEL_TOLERANCE = {"fp32": 1, "bf16": 12, "fp16": 4}
+# Similarities of the gate: absolute.
+REID_TOLERANCE = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings and the plan
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchSettings:
+    device: str = "cpu"
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    quick: bool = False
+    tiny: bool = False  # tiny models (tests)
+    peer: bool = True
+    models: list[str] | None = None  # e.g. ["DiT-S/2", "avae-4f4"]; None = all of the mode
+    batches: list[int] | None = None  # restrict LIFM/LVFM batch sizes
+    steps: int = 50  # the sampling grid whose cost is estimated
+    measure_steps: int | None = None  # timed steps per sampling run (default: per mode and size)
+    warmup_steps: int | None = None
+    repeats: int | None = None
+    frames: int = 64
+    guidance: float = 2.0  # the scale used for "guidance on"
+    vae_chunk: int = 16  # frames per VAE decode call in this project's path
+    bank_rows: int = 10_000
+    reid_batch: int = 64
+    compile: bool = False
+    cuda_graphs: bool = False
+    threads: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Case:
+    stage: str
+    model: str
+    batch: int
+    dtype: str
+    guidance: float | None = None
+    frames: int | None = None  # LVFM frames / VAE frames in the video
+    decode_frames: int | None = None  # VAE frames actually decoded (quick mode decodes fewer)
+    warmup: int = 0
+    measure: int = 1
+    repeats: int = 1
+
+
+def plan(settings: BenchSettings) -> list[Case]:
+    """The cases of one run, in the order they run."""
+    cuda = settings.device.startswith("cuda")
+    tiny, quick = settings.tiny, settings.quick
+    cases: list[Case] = []
+
+    def want(model: str) -> bool:
+        return settings.models is None or model in settings.models
+
+    def batches(default: list[int]) -> list[int]:
+        return [b for b in default if settings.batches is None or b in settings.batches] or (
+            settings.batches or default
+        )
+
+    for dtype in settings.dtypes:
+        if "lifm" in settings.stages:
+            models = ["DiT-tiny"] if tiny else ["DiT-S/2"] if quick else ["DiT-S/2", "DiT-B/2"]
+            for model in filter(want, models):
+                for b in batches([1, 2] if tiny else [1, 16]):
+                    if cuda:
+                        w, m, r = 3, 10, 3
+                    elif tiny:
+                        w, m, r = 1, 2, 1
+                    elif quick:
+                        w, m, r = 1, (3 if b == 1 else 1), 1
+                    else:
+                        w, m, r = 1, (5 if b == 1 else 2), 2
+                    cases.append(Case("lifm", model, b, dtype, warmup=w, measure=m, repeats=r))
+        if "reid" in settings.stages:
+            cases.append(Case("reid", "ResNet18-4to128", 8 if tiny else settings.reid_batch, dtype,
+                              warmup=1, measure=3 if (quick or tiny) else (10 if cuda else 5)))
+        if "lvfm" in settings.stages:
+            models = ["STDiT-tiny"] if tiny else ["STDiT-S/2"] if quick else ["STDiT-S/2", "STDiT-B/2"]
+            frames = 8 if tiny else settings.frames
+            guidances = [1.0] if quick and not tiny else [1.0, settings.guidance]
+            for model in filter(want, models):
+                for b in batches([1, 2] if tiny else [1] if quick else [1, 4]):
+                    for g in guidances:
+                        if cuda:
+                            w, m, r = 2, 5, 1
+                        elif tiny:
+                            w, m, r = 1, 1, 1
+                        else:  # one STDiT-S/2 64-frame forward is seconds on a CPU: time single steps
+                            w, m, r = 0, (2 if model == "STDiT-S/2" and not quick else 1), 1
+                        cases.append(Case("lvfm", model, b, dtype, guidance=g, frames=frames,
+                                          warmup=w, measure=m, repeats=r))
+        if "vae" in settings.stages:
+            models = ["avae-tiny"] if tiny else ["avae-4f4"] if quick else ["avae-4f4", "avae-16f8"]
+            frames = 8 if tiny else settings.frames
+            decode = frames if (cuda or not quick) else min(frames, 16)
+            for model in filter(want, models):
+                cases.append(Case("vae", model, 1, dtype, frames=frames, decode_frames=decode,
+                                  warmup=1 if cuda else 0, measure=1, repeats=3 if cuda else 1))
+    for case in cases:
+        if settings.measure_steps is not None and case.stage in ("lifm", "lvfm"):
+            case.measure = settings.measure_steps
+        if settings.warmup_steps is not None and case.stage in ("lifm", "lvfm"):
+            case.warmup = settings.warmup_steps
+        if settings.repeats is not None:
+            case.repeats = settings.repeats
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models with deterministic weights
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Fill every tensor of the state dict from a generator seeded by its key: fan-in scaled matrices,
+    norm weights near 1, small biases, BatchNorm variances in [0.5, 1.5). Fixed sin-cos tables are kept.
+    Non-trivial (no zero-initialised gates), stable through the depth, identical for both paths."""
+    state = {}
+    for key, value in model.state_dict().items():
+        gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        if not value.is_floating_point() or "pos_embed" in key:
+            state[key] = value
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=gen) + 0.5
+        elif key.endswith("running_mean"):
+            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
+        elif value.ndim >= 2 and "scale_shift_table" not in key and "y_embedding" not in key:
+            fan_in = value[0].numel()
+            state[key] = torch.randn(value.shape, generator=gen) * (0.5 / math.sqrt(fan_in))
+        elif key.endswith("weight") and value.ndim == 1:
+            state[key] = 1.0 + 0.02 * torch.randn(value.shape, generator=gen)
+        else:
+            state[key] = 0.02 * torch.randn(value.shape, generator=gen) if value.ndim == 1 else (
+                torch.randn(value.shape, generator=gen) / math.sqrt(value.shape[-1])
+            )
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def build_lifm(name: str):
+    from .checkpoint import build_model
+
+    return bench_weights(build_model("SegDiTTransformer2DModel", {**LIFM_COMMON, **LIFM_MODELS[name]}))
+
+
+def build_lvfm(name: str, frames: int):
+    from .checkpoint import build_model
+
+    cfg = {**LVFM_COMMON, **LVFM_MODELS[name], "input_size": [frames, 28, 28]}
+    return bench_weights(build_model("DiffuserSTDiT", cfg))
+
+
+def build_vae(name: str):
+    from .checkpoint import build_model
+
+    spec = VAE_MODELS[name]
+    levels = len(spec["block_out_channels"])
+    cfg = {**spec, "down_block_types": ["DownEncoderBlock2D"] * levels,
+           "up_block_types": ["UpDecoderBlock2D"] * levels, "sample_size": IMAGE_SIZE}
+    return bench_weights(build_model("AutoencoderKL", cfg))
+
+
+def stub_vae(latent_channels: int = 4):
+    """A one-level VAE only so that a pipeline can be built for the flow stages (never run)."""
+    from .checkpoint import build_model
+
+    return build_model("AutoencoderKL", {"block_out_channels": [32], "latent_channels": latent_channels,
+                                         "layers_per_block": 1}).eval()
+
+
+def make_scaler(channels: int):
+    from .scaling import LatentScaler
+
+    gen = torch.Generator().manual_seed(7)
+    return LatentScaler(0.1 * torch.randn(channels, generator=gen), 0.5 + torch.rand(channels, generator=gen))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Clocks, memory
+# ----------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Wall time on the CPU; CUDA events on a GPU (read after one synchronisation, none inside loops)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def intervals(self, marks: list) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return [a.elapsed_time(b) / 1000.0 for a, b in zip(marks, marks[1:], strict=False)]
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+class PeakMemory:
+    """Peak memory of one timed run: CUDA allocator peak, or the process's peak RSS on the CPU (Linux
+    `VmHWM`, reset through /proc/self/clear_refs where allowed) with the RSS before the run."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.before = 0
+        self.resettable = False
+
+    @staticmethod
+    def _status(field_name: str) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.resettable = True
+            except OSError:
+                self.resettable = False
+            self.before = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def result(self) -> dict:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            return {"kind": "cuda_max_allocated", "peak_bytes": peak, "before_bytes": self.before,
+                    "delta_bytes": peak - self.before}
+        peak = self._status("VmHWM")
+        kind = "process_peak_rss" if self.resettable else "process_peak_rss_since_start"
+        return {"kind": kind, "peak_bytes": peak, "before_bytes": self.before,
+                "delta_bytes": max(0, peak - self.before)}
+
+
+class _Stop(Exception):
+    """Raised from a step callback to end a sampling run after the measured steps."""
+
+
+def timed_sampling(run: Callable[[Callable], object], clock: Clock, stop_after: int) -> tuple[list[float], object]:
+    """run(callback) samples on the full grid; the callback marks each step and stops after `stop_after`.
+    -> (step intervals [s], the state after the last step)."""
+    marks = [clock.mark()]
+    state: dict = {}
+
+    def callback(step: int, total: int, z: torch.Tensor) -> None:
+        marks.append(clock.mark())
+        if step >= stop_after:
+            state["z"] = z.detach().clone()
+            raise _Stop
+
+    try:
+        result = run(callback)
+        state.setdefault("z", result)
+    except _Stop:
+        pass
+    return clock.intervals(marks), state["z"]
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _rel_diff(ours: torch.Tensor, peer: torch.Tensor) -> tuple[float, float]:
+    a, b = ours.detach().float().cpu(), peer.detach().float().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"outputs differ in shape: ours {tuple(a.shape)} vs peer {tuple(b.shape)}")
+    diff = (a - b).abs().max().item()
+    scale = max(b.abs().max().item(), 1e-12)
+    return diff, diff / scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage runners
+# ----------------------------------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, settings: BenchSettings):
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        self.clock = Clock(self.device)
+        self.peer_problem = None if settings.peer else "--no-peer"
+        self.peers = None
+        if settings.peer:
+            self.peers, self.peer_problem = load_peers()
+
+    def diffusers_problem(self) -> str | None:
+        if self.peer_problem:
+            return self.peer_problem
+        return self.peers.diffusers_problem()
+
+
+def load_peers():
+    """The repository's bench/peers.py (a source checkout only) -> (module, None) or (None, reason)."""
+    path = BENCH_DIR / "peers.py"
+    if not path.is_file():
+        return None, (f"the peer code ({path}) is not here: run the bench from a source checkout "
+                      "(pip install -e '.[bench]')")
+    name = "echoflow_bench_peers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name], None
+
+
+def _maybe_compile(model: torch.nn.Module, settings: BenchSettings) -> torch.nn.Module:
+    if not settings.compile:
+        return model
+    mode = "max-autotune-no-cudagraphs" if settings.cuda_graphs else None
+    if settings.device.startswith("cuda") and not settings.cuda_graphs:
+        mode = "reduce-overhead"  # inductor's own CUDA graphs
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
+def _impl_record(measured: list[float], case: Case, memory: dict, unit: str, per_item: float,
+                 total_steps: int) -> dict:
+    """measured: the timed intervals (steps for sampling, whole calls otherwise), warm-up excluded."""
+    per = _median(measured)
+    record = {
+        "measured": len(measured),
+        "samples_s": [round(x, 6) for x in measured],
+        "median_s": per,
+        "min_s": min(measured) if measured else None,
+        "memory": memory,
+    }
+    if case.stage in ("lifm", "lvfm"):
+        record["warmup_steps"] = case.warmup
+        record["per_step_s"] = per
+        record["estimate_s"] = per * total_steps if per is not None else None
+        record["throughput"] = per_item / record["estimate_s"] if per else None
+    else:
+        record["throughput"] = per_item / per if per else None
+    record["throughput_unit"] = unit
+    return record
+
+
+def run_lifm(ctx: Context, case: Case) -> dict:
+    from .pipeline import EchoFlowPipeline
+
+    s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
+    lifm = build_lifm(case.model)
+    pipe = EchoFlowPipeline(stub_vae(), make_scaler(4), lifm=lifm, device=dev, dtype=dtype)
+    pipe.lifm = _maybe_compile(pipe.lifm, s)
+    seeds = range(s.seed, s.seed + case.batch)
+    labels = torch.zeros(case.batch, dtype=torch.long, device=dev)
+    out: dict = {"impl": {}, "notes": []}
+
+    def ours(callback):
+        if s.cuda_graphs and dev.type == "cuda":
+            noise = seeded_noise((4, 28, 28), seeds, dev, dtype)
+            model = pipe.lifm
+            return sample_flow_cuda_graph(lambda z, t: model(z, t, labels), noise, s.steps, callback)
+        return pipe.sample_images("A4C", steps=s.steps, seed=s.seed, batch_size=case.batch, callback=callback)
+
+    peer_fn = None
+    problem = ctx.diffusers_problem()
+    if problem is None:
+        peer_model = ctx.peers.diffusers_dit(lifm, dev, dtype)
+        velocity = ctx.peers.dit_velocity(peer_model, labels, None)
+        reference_euler = ctx.peers.load_reference_stdit().reference_euler
+
+        def peer_fn(callback):
+            noise = seeded_noise((4, 28, 28), seeds, dev, dtype)
+            return reference_euler(velocity, noise, s.steps, callback)
+    else:
+        out["peer_skipped"] = problem
+
+    return _run_sampling_pair(ctx, case, out, ours, peer_fn, unit="images/s")
+
+
+def run_lvfm(ctx: Context, case: Case) -> dict:
+    from .pipeline import EchoFlowPipeline
+
+    s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
+    lvfm = build_lvfm(case.model, case.frames)
+    pipe = EchoFlowPipeline(stub_vae(), make_scaler(4), lvfm=lvfm, device=dev, dtype=dtype)
+    pipe.lvfm = _maybe_compile(pipe.lvfm, s)
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    images = torch.randn(case.batch, 4, 28, 28, generator=gen)
+    ef_percent = [35.0 + 10.0 * (i % 4) for i in range(case.batch)]
+    out: dict = {"impl": {}, "notes": []}
+
+    def ours(callback):
+        if s.cuda_graphs and dev.type == "cuda":
+            from .pipeline import ef_fractions
+            from .sampling import guided_velocity
+
+            cond = images.to(dev, dtype)
+            ef = ef_fractions(ef_percent, case.batch).to(dev, dtype)
+            keep = torch.zeros(case.batch, dtype=torch.bool, device=dev)
+            velocity = guided_velocity(pipe.lvfm, {"ef": ef, "cond": cond, "drop_ef": keep},
+                                       {"ef": ef, "cond": cond, "drop_ef": ~keep}, float(case.guidance))
+            noise = seeded_noise((4, case.frames, 28, 28), range(s.seed, s.seed + case.batch), dev, dtype)
+            return sample_flow_cuda_graph(velocity, noise, s.steps, callback)
+        return pipe.animate(images, ef_percent, steps=s.steps, guidance=case.guidance, seed=s.seed,
+                            callback=callback)
+
+    peer_fn = None
+    if ctx.peer_problem is None:
+        ref = ctx.peers.load_reference_stdit()
+        peer_model = ref.ReferenceSTDiT(lvfm.config)
+        peer_model.load_state_dict({k: v.float() for k, v in lvfm.state_dict().items()}, strict=True)
+        peer_model = peer_model.to(dev, dtype).eval().requires_grad_(False)
+        ef = (torch.tensor(ef_percent) / 100.0).to(dev, dtype).reshape(case.batch, 1, 1)
+        cond = images.to(dev, dtype)[:, :, None].expand(-1, -1, case.frames, -1, -1)
+        velocity = ref.reference_lvfm_velocity(peer_model, ef, cond, float(case.guidance))
+
+        def peer_fn(callback):
+            noise = seeded_noise((4, case.frames, 28, 28), range(s.seed, s.seed + case.batch), dev, dtype)
+            return ref.reference_euler(velocity, noise, s.steps, callback)
+    else:
+        out["peer_skipped"] = ctx.peer_problem
+    return _run_sampling_pair(ctx, case, out, ours, peer_fn, unit="videos/s")
+
+
+def _run_sampling_pair(ctx: Context, case: Case, out: dict, ours, peer_fn, unit: str) -> dict:
+    stop = case.warmup + case.measure
+    samples: dict[str, list[float]] = {"ours": [], "peer": []}
+    memory: dict[str, dict] = {}
+    finals: dict[str, torch.Tensor] = {}
+    impls = [("ours", ours)] + ([("peer", peer_fn)] if peer_fn is not None else [])
+    with torch.inference_mode():
+        for rep in range(case.repeats):
+            for name, fn in impls:  # interleaved, so slow drifts of a shared machine hit both paths
+                with PeakMemory(ctx.device) as mem:
+                    intervals, z = timed_sampling(fn, ctx.clock, stop)
+                samples[name].extend(intervals[case.warmup:stop])
+                if rep == 0:
+                    memory[name] = mem.result()
+                    finals[name] = z
+    for name, _ in impls:
+        out["impl"][name] = _impl_record(samples[name], case, memory[name], unit, case.batch, ctx.settings.steps)
+        out["impl"][name]["checked_steps"] = stop
+    if "peer" in finals:
+        diff, rel = _rel_diff(finals["ours"], finals["peer"])
+        tol = TOLERANCE[case.dtype]
+        out["check"] = {"what": f"latents after {stop} steps of the {ctx.settings.steps}-step grid",
+                        "max_abs_diff": diff, "rel_diff": rel, "tolerance": tol, "passed": rel <= tol}
+    return out
+
+
+def run_reid(ctx: Context, case: Case) -> dict:
+    from .reid import PrivacyGate, ReIDConfig, ReIDResNet18
+
+    s, dev = ctx.settings, ctx.device
+    reid = bench_weights(ReIDResNet18(ReIDConfig(in_channels=4, out_channels=128)))
+    # The gate runs in float32 whatever the flow models use (as the pipeline loads it).
+    reid = reid.to(dev, torch.float32)
+    gen = torch.Generator().manual_seed(s.seed + 2)
+    rows = 500 if s.tiny else s.bank_rows
+    bank = torch.sigmoid(torch.randn(rows, 128, generator=gen))
+    latents = torch.randn(case.batch, 4, 28, 28, generator=gen).to(dev)
+    gate = PrivacyGate(reid, bank)
+    out: dict = {"impl": {}, "notes": [f"bank of {rows} rows; the gate always runs in float32"]}
+
+    def ours():
+        report = gate.check(latents)
+        return torch.tensor([item.max_similarity for item in report.items]), torch.tensor(
+            [item.nearest_index for item in report.items])
+
+    impls = [("ours", ours)]
+    if ctx.peer_problem is None:
+        peer_bank = bank.to(dev)
+        impls.append(("peer", lambda: ctx.peers.reid_per_image(reid, peer_bank, latents)))
+    else:
+        out["peer_skipped"] = ctx.peer_problem
+    results = {}
+    with torch.inference_mode():
+        for name, fn in impls:
+            for _ in range(case.warmup):
+                fn()
+            with PeakMemory(dev) as mem:
+                times = []
+                for _ in range(case.measure):
+                    t0 = ctx.clock.mark()
+                    results[name] = fn()  # ends with a device->host copy: a synchronising step
+                    times.extend(ctx.clock.intervals([t0, ctx.clock.mark()]))
+            out["impl"][name] = _impl_record(times, case, mem.result(), "images/s", case.batch, 1)
+            out["impl"][name]["per_image_s"] = out["impl"][name]["median_s"] / case.batch
+    if "peer" in results:
+        (sim_o, idx_o), (sim_p, idx_p) = results["ours"], results["peer"]
+        diff = (sim_o - sim_p.float()).abs().max().item()
+        same_index = bool(torch.equal(idx_o, idx_p.long()))
+        out["check"] = {"what": "max similarity and nearest bank row per image", "max_abs_diff": diff,
+                        "rel_diff": diff, "tolerance": REID_TOLERANCE, "same_nearest": same_index,
+                        "passed": diff <= REID_TOLERANCE and same_index}
+    return out
+
+
+def run_vae(ctx: Context, case: Case) -> dict:
+    from .pipeline import EchoFlowPipeline
+
+    s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
+    vae = build_vae(case.model)
+    channels = vae.latent_channels
+    factor = vae.downscale_factor
+    scaler = make_scaler(channels)
+    pipe = EchoFlowPipeline(vae, scaler, device=dev, dtype=dtype)
+    if dev.type == "cuda":
+        pipe.vae = pipe.vae.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(s.seed + 3)
+    n = case.decode_frames
+    size = IMAGE_SIZE // factor
+    video = torch.randn(1, channels, n, size, size, generator=gen)  # scaled latents of one video
+    out: dict = {"impl": {}, "notes": []}
+    if n != case.frames:
+        out["notes"].append(f"decoded {n} of {case.frames} frames; the {case.frames}-frame time is "
+                            f"extrapolated per frame")
+    out["notes"].append(f"this project: chunks of {s.vae_chunk} frames; VAE in {pipe.vae_dtype}")
+
+    def ours():
+        return pipe.decode(video, chunk_size=s.vae_chunk)[0]
+
+    impls = [("ours", ours)]
+    problem = ctx.diffusers_problem()
+    if problem is None:
+        peer_vae = ctx.peers.diffusers_vae(vae, dev, pipe.vae_dtype)
+        flat = video[0].permute(1, 0, 2, 3).to(dev)
+        mean, std = scaler.mean.to(dev), scaler.std.to(dev)
+        impls.append(("peer", lambda: ctx.peers.vae_decode_frames(peer_vae, flat, mean, std).cpu()))
+    else:
+        out["peer_skipped"] = problem
+    results = {}
+    with torch.inference_mode():
+        for rep in range(case.warmup + case.repeats):
+            for name, fn in impls:
+                with PeakMemory(dev) as mem:
+                    t0 = ctx.clock.mark()
+                    results[name] = fn()
+                    elapsed = ctx.clock.intervals([t0, ctx.clock.mark()])[0]
+                if rep >= case.warmup:
+                    out["impl"].setdefault(name, {"times": [], "memory": mem.result()})["times"].append(elapsed)
+    for name in list(out["impl"]):
+        times = [t * case.frames / n for t in out["impl"][name]["times"]]
+        record = _impl_record(times, case, out["impl"][name]["memory"], "frames/s", case.frames, 1)
+        record["per_frame_s"] = record["median_s"] / case.frames
+        out["impl"][name] = record
+    if "peer" in results:
+        a, b = results["ours"].int(), results["peer"].int()
+        diff = (a - b).abs().max().item()
+        tol = PIXEL_TOLERANCE[case.dtype]
+        out["check"] = {"what": f"decoded uint8 frames ({n})", "max_abs_diff": diff,
+                        "rel_diff": diff / 255.0, "tolerance": f"{tol} grey levels",
+                        "differing_pixels": float((a != b).float().mean().item()), "passed": diff <= tol}
+    return out
+
+
+RUNNERS = {"lifm": run_lifm, "reid": run_reid, "lvfm": run_lvfm, "vae": run_vae}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run, the table, the JSON
+# ----------------------------------------------------------------------------------------------------
+
+
+def environment(settings: BenchSettings) -> dict:
+    device = torch.device(settings.device)
+    info = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_bytes"] = props.total_memory
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name, dist in (("echoflow", "comfyui-echoflow"), ("diffusers", "diffusers")):
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for CUDA but torch sees no GPU; use --device cpu")
+    bad = [d for d in settings.dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"unknown dtype(s) {bad}; choose from {', '.join(DTYPES)}")
+    if settings.cuda_graphs and device.type != "cuda":
+        raise ValueError("--cuda-graphs needs --device cuda")
+    ctx = Context(settings)
+    started = time.perf_counter()
+    env = environment(settings)
+    results = []
+    for case in plan(settings):
+        label = describe(case)
+        log(f"[bench] {label} ...")
+        t0 = time.perf_counter()
+        record = {"case": asdict(case), "label": label, **RUNNERS[case.stage](ctx, case)}
+        record["wall_s"] = time.perf_counter() - t0
+        finish(record, settings)
+        log("[bench]   " + summary_line(record))
+        results.append(record)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {
+        "schema": SCHEMA,
+        "command": " ".join(["echoflow", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": asdict(settings),
+        "environment": env,
+        "versions": versions(),
+        "wall_s": time.perf_counter() - started,
+        "results": results,
+    }
+
+
+def describe(case: Case) -> str:
+    parts = [case.stage, case.model, case.dtype, f"batch {case.batch}"]
+    if case.stage == "lvfm":
+        parts.append(f"{case.frames} frames")
+        parts.append("guidance off" if case.guidance == 1.0 else f"guidance {case.guidance:g}")
+    if case.stage == "vae":
+        parts[3] = f"{case.frames} frames"
+    return ", ".join(parts)
+
+
+def finish(record: dict, settings: BenchSettings) -> None:
+    """Speed-up (peer / ours) only when the outputs were checked equal; no time at all otherwise."""
+    check = record.get("check")
+    impl = record["impl"]
+    record["total_steps"] = settings.steps
+    if check is not None and not check["passed"]:
+        for r in impl.values():
+            r["withheld"] = True
+        record["speedup"] = None
+        record["status"] = "MISMATCH: outputs differ beyond tolerance, times withheld"
+        return
+    if "peer" in impl and impl["ours"]["median_s"] and impl["peer"]["median_s"]:
+        record["speedup"] = impl["peer"]["median_s"] / impl["ours"]["median_s"]
+        record["status"] = "ok"
+    else:
+        record["speedup"] = None
+        record["status"] = "ok (no peer: " + record.get("peer_skipped", "none") + ")"
+
+
+def _fmt_s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x >= 100:
+        return f"{x:.0f} s"
+    if x >= 1:
+        return f"{x:.2f} s"
+    return f"{x * 1000:.1f} ms"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if not n else f"{n / 2**20:.0f} MiB"
+
+
+def summary_line(record: dict) -> str:
+    impl, stage = record["impl"], record["case"]["stage"]
+    if record.get("status", "").startswith("MISMATCH"):
+        c = record["check"]
+        return f"MISMATCH (rel diff {c['rel_diff']:.2e} > {c['tolerance']}): no time reported"
+    parts = []
+    for name in ("ours", "peer"):
+        if name not in impl:
+            continue
+        r = impl[name]
+        if stage in ("lifm", "lvfm"):
+            parts.append(f"{name}: measured {r['measured']} steps, per-step {_fmt_s(r['per_step_s'])}, "
+                         f"{record_steps(record)}-step estimate {_fmt_s(r['estimate_s'])}")
+        elif stage == "vae":
+            parts.append(f"{name}: {_fmt_s(r['median_s'])} per video ({_fmt_s(r['per_frame_s'])}/frame)")
+        else:
+            parts.append(f"{name}: {_fmt_s(r['median_s'])} per batch ({_fmt_s(r['per_image_s'])}/image)")
+    if record.get("speedup"):
+        parts.append(f"speed-up x{record['speedup']:.2f}")
+    if "check" in record:
+        parts.append(f"check rel diff {record['check']['rel_diff']:.1e}")
+    elif "peer_skipped" in record:
+        parts.append(f"peer skipped: {record['peer_skipped']}")
+    return "; ".join(parts)
+
+
+def record_steps(record: dict) -> int:
+    return record.get("total_steps") or 50
+
+
+def _cell(impl: dict, stage: str, name: str) -> str:
+    if name not in impl:
+        return "-"
+    x = impl[name]
+    if x.get("withheld"):
+        return "withheld"
+    if stage in ("lifm", "lvfm"):
+        return f"{_fmt_s(x['per_step_s'])}/step -> {_fmt_s(x['estimate_s'])}"
+    if stage == "reid":
+        return f"{_fmt_s(x['per_image_s'])}/image"
+    return f"{_fmt_s(x['median_s'])}"
+
+
+def table(report: dict) -> str:
+    steps = report["settings"]["steps"]
+    head = ["stage", "model", "dtype", "case", "ours", "peer", "speed-up", "ours peak mem", "check"]
+    rows = []
+    for r in report["results"]:
+        case, impl = r["case"], r["impl"]
+        stage = case["stage"]
+        if stage == "lvfm":
+            guidance = "g off" if case["guidance"] == 1.0 else f"g {case['guidance']:g}"
+            extra = f"b{case['batch']} {case['frames']}f {guidance}"
+        elif stage == "vae":
+            extra = f"{case['frames']} frames"
+        else:
+            extra = f"b{case['batch']}" + (" vs bank" if stage == "reid" else "")
+
+        check = r.get("check")
+        check_cell = "-" if check is None else ("ok" if check["passed"] else "MISMATCH")
+        if check is not None:
+            check_cell += f" ({check['rel_diff']:.0e})"
+        speed = f"x{r['speedup']:.2f}" if r.get("speedup") else "-"
+        mem = impl["ours"]["memory"]
+        mem_cell = _fmt_bytes(mem["peak_bytes"]) if mem["kind"].startswith("cuda") else (
+            f"+{_fmt_bytes(mem['delta_bytes'])}" if mem["delta_bytes"] else "-")
+        rows.append([stage, case["model"], case["dtype"], extra, _cell(impl, stage, "ours"),
+                     _cell(impl, stage, "peer"), speed, mem_cell,
+                     check_cell])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths, strict=False))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)) for row in rows]
+    env, ver = report["environment"], report["versions"]
+    where = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} cores, {env['threads']} threads"
+    lines.append("")
+    lines.append(f"{where}; torch {ver['torch']}, diffusers {ver['diffusers'] or 'absent'}; "
+                 f"load average {', '.join(f'{x:.2f}' for x in env.get('load_average', []))} "
+                 f"(before) / {', '.join(f'{x:.2f}' for x in env.get('load_average_after') or [])} (after)")
+    lines.append(f"Sampling rows: per-step median of the measured steps; '->' is the {steps}-step estimate "
+                 "(per-step x steps). speed-up = peer / ours.")
+    return "\n".join(lines)
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (docs/benchmarks.md, README)."""
+    steps = report["settings"]["steps"]
+    lines = ["| stage | model | dtype | case | ours | peer | speed-up (peer/ours) | ours peak memory | outputs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["results"]:
+        case, impl = r["case"], r["impl"]
+        stage = case["stage"]
+        if stage == "lvfm":
+            what = f"batch {case['batch']}, {case['frames']} frames, " + (
+                "guidance off" if case["guidance"] == 1.0 else f"guidance {case['guidance']:g}")
+        elif stage == "vae":
+            what = f"{case['frames']} frames" + (
+                f" ({case['decode_frames']} decoded)" if case["decode_frames"] != case["frames"] else "")
+        elif stage == "reid":
+            what = f"batch {case['batch']} vs {report['settings']['bank_rows']:,} rows"
+        else:
+            what = f"batch {case['batch']}"
+
+        def cell(name: str, impl=impl, stage=stage) -> str:
+            if name not in impl:
+                return "-"
+            x = impl[name]
+            if x.get("withheld"):
+                return "withheld (mismatch)"
+            if stage in ("lifm", "lvfm"):
+                return (f"{_fmt_s(x['per_step_s'])}/step x {steps} = {_fmt_s(x['estimate_s'])} "
+                        f"({x['measured']} steps measured)")
+            if stage == "reid":
+                return f"{_fmt_s(x['per_image_s'])}/image"
+            return f"{_fmt_s(x['median_s'])} ({_fmt_s(x['per_frame_s'])}/frame)"
+
+        mem = impl["ours"]["memory"]
+        mem_cell = _fmt_bytes(mem["peak_bytes"]) if mem["kind"].startswith("cuda") else (
+            f"+{_fmt_bytes(mem['delta_bytes'])} RSS" if mem["delta_bytes"] else "-")
+        check = r.get("check")
+        check_cell = "-" if check is None else (
+            f"equal (rel. diff {check['rel_diff']:.0e})" if check["passed"] else "MISMATCH")
+        if stage == "vae" and check is not None and check["passed"]:
+            check_cell = f"equal (max {check['max_abs_diff']} grey levels)"
+        speed = f"**x{r['speedup']:.2f}**" if r.get("speedup") else "-"
+        lines.append(f"| {stage} | {case['model']} | {case['dtype']} | {what} | {cell('ours')} | {cell('peer')} "
+                     f"| {speed} | {mem_cell} | {check_cell} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = _csv(args.dtype) if args.dtype else (["fp32", "bf16", "fp16"] if device.startswith("cuda")
+                                                  else ["fp32"])
+    if dtypes == ["all"]:
+        dtypes = list(DTYPES)
+    stages = _csv(args.stages) if args.stages else list(STAGES)
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown:
+        raise SystemExit(f"error: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    return BenchSettings(
+        device=device, dtypes=dtypes, stages=stages, quick=args.quick, tiny=args.tiny, peer=args.peer,
+        models=_csv(args.models) if args.models else None,
+        batches=[int(b) for b in _csv(args.batches)] if args.batches else None,
+        steps=args.steps, measure_steps=args.measure_steps, warmup_steps=args.warmup_steps,
+        repeats=args.repeats, frames=args.frames, guidance=args.guidance, vae_chunk=args.vae_chunk,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads, seed=args.seed,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    report = run_bench(settings, log=(lambda msg: None) if args.quiet else print)
+    print()
+    print(table(report))
+    print(f"\nwall time {report['wall_s']:.0f} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown_table(report) + "\n")
+        print(f"wrote {args.markdown}")
+    mismatches = [r["label"] for r in report["results"] if r.get("status", "").startswith("MISMATCH")]
+    if mismatches:
+        print("outputs differ from the peer for: " + "; ".join(mismatches), file=sys.stderr)
+        return 4
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time each stage at released-like sizes, side by side with the peer code",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None,
+                   help="comma list of fp32,bf16,fp16 or 'all' (default: fp32 on CPU, all three on CUDA)")
+    p.add_argument("--quick", action="store_true",
+                   help="the small set: DiT-S/2, STDiT-S/2 batch 1, avae-4f4 on 16 frames (< 3 min on 2 cores)")
+    p.add_argument("--json", default=None, help="write the full report (per-stage seconds, memory, versions) here")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    p.add_argument("--stages", default=None, help=f"comma list of {','.join(STAGES)} (default: all)")
+    p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the peer code side by side (default) or only this project's path")
+    p.add_argument("--models", default=None,
+                   help="only these sizes, e.g. DiT-S/2,STDiT-S/2,avae-4f4 (default: all of the mode)")
+    p.add_argument("--batches", default=None, help="only these LIFM/LVFM batch sizes, e.g. 1")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps whose cost is estimated (default 50)")
+    p.add_argument("--measure-steps", type=int, default=None, help="timed steps per sampling run")
+    p.add_argument("--warmup-steps", type=int, default=None, help="untimed first steps per sampling run")
+    p.add_argument("--repeats", type=int, default=None, help="runs per case and path (medians over all)")
+    p.add_argument("--frames", type=int, default=64, help="frames per video (default 64)")
+    p.add_argument("--guidance", type=float, default=2.0, help="the 'guidance on' scale (default 2)")
+    p.add_argument("--vae-chunk", type=int, default=16, help="frames per VAE decode call, ours (default 16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the flow models (ours)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each sampling step as a CUDA graph (ours)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny models, for the tests
+    p.add_argument("--quiet", action="store_true", help="only the final table")
+    p.set_defaults(func=cmd_bench)
