@@ -70,6 +70,25 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def modulate_(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """normed * (1 + scale) + shift in one pass (addcmul); written over `normed`, a fresh buffer the caller
+    owns, when `inplace` (sampling without autograd)."""
+    if inplace:
+        return torch.addcmul(shift, normed, 1 + scale, out=normed)
+    return torch.addcmul(shift, normed, 1 + scale)
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """x + gate * branch; in place on the residual stream when `inplace`."""
+    return x.addcmul_(gate, branch) if inplace else torch.addcmul(x, gate, branch)
+
+
+def gelu_tanh_(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """tanh-GELU written over `x` (a buffer the caller owns); out of place where torch lacks the kernel."""
+    inplace = getattr(torch._C._nn, "gelu_", None)
+    return inplace(x, approximate=approximate) if inplace is not None else F.gelu(x, approximate=approximate)
+
+
 class Mlp(nn.Module):
     """Two linear layers with tanh-GELU between them (timm `Mlp` key names: fc1, fc2)."""
 

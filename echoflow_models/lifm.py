@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import sincos_2d, split_heads, timestep_features
+from .layers import gated_add, gelu_tanh_, modulate_, sincos_2d, split_heads, timestep_features
 
 
 @dataclass
@@ -170,7 +170,7 @@ class GeluProj(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():  # the projection's output is ours: no second hidden-sized buffer
-            return _gelu_tanh_(self.proj(x), approximate="tanh")
+            return gelu_tanh_(self.proj(x), approximate="tanh")
         return F.gelu(self.proj(x), approximate="tanh")
 
 
@@ -202,33 +202,15 @@ class DiTBlock(nn.Module):
         # write over buffers this block owns (the residual stream, fresh norm outputs) instead of
         # allocating new token-sized ones.
         inplace = not torch.is_grad_enabled()
-        h = _modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), shift_msa, scale_msa, inplace)
-        x = _gated_add(x, gate_msa, self.attn1(h), inplace)
-        h = _modulate(F.layer_norm(x, x.shape[-1:], eps=self.norm_eps), shift_mlp, scale_mlp, inplace)
-        return _gated_add(x, gate_mlp, self.ff(h), inplace)
+        h = modulate_(F.layer_norm(x, x.shape[-1:], eps=1e-6), shift_msa, scale_msa, inplace)
+        x = gated_add(x, gate_msa, self.attn1(h), inplace)
+        h = modulate_(F.layer_norm(x, x.shape[-1:], eps=self.norm_eps), shift_mlp, scale_mlp, inplace)
+        return gated_add(x, gate_mlp, self.ff(h), inplace)
 
 
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
-
-
-def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """normed * (1 + scale) + shift in one pass; over `normed` (a fresh buffer) when allowed."""
-    if inplace:
-        return torch.addcmul(shift, normed, 1 + scale, out=normed)
-    return torch.addcmul(shift, normed, 1 + scale)
-
-
-def _gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """x + gate * branch; in place on the residual stream when allowed."""
-    return x.addcmul_(gate, branch) if inplace else torch.addcmul(x, gate, branch)
-
-def _gelu_tanh_(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
-    """tanh-GELU written over `x` (a buffer the caller owns); out of place where torch lacks the kernel."""
-    inplace = getattr(torch._C._nn, "gelu_", None)
-    return inplace(x, approximate=approximate) if inplace is not None else F.gelu(x, approximate=approximate)
-
 
 
 class SegDiTTransformer2DModel(nn.Module):

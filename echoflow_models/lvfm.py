@@ -19,7 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Mlp, modulate, sincos_1d, sincos_2d, split_heads, timestep_features
+from .layers import (
+    Mlp,
+    gated_add,
+    gelu_tanh_,
+    modulate,
+    modulate_,
+    sincos_1d,
+    sincos_2d,
+    split_heads,
+    timestep_features,
+)
 
 
 @dataclass
@@ -146,9 +156,9 @@ class STDiTBlock(nn.Module):
         inplace = not torch.is_grad_enabled()
 
         # spatial attention within each frame
-        x_s = _modulate(F.layer_norm(x, (c,), eps=1e-6), shift_msa, scale_msa, inplace)
+        x_s = modulate_(F.layer_norm(x, (c,), eps=1e-6), shift_msa, scale_msa, inplace)
         x_s = self.attn(x_s.reshape(b * frames, s, c)).reshape(b, n, c)
-        x = _gated_add(x, gate_msa, x_s, inplace)
+        x = gated_add(x, gate_msa, x_s, inplace)
 
         # temporal attention at each position, on the un-modulated tokens, with the same gate; the tokens
         # are made contiguous in (B S) T C order so its projections run as plain 2-D GEMMs
@@ -165,30 +175,12 @@ class STDiTBlock(nn.Module):
             cross = self.cross_attn(x, caption)
             x = x.add_(cross) if inplace else x + cross
 
-        h = _modulate(F.layer_norm(x, (c,), eps=1e-6), shift_mlp, scale_mlp, inplace)
+        h = modulate_(F.layer_norm(x, (c,), eps=1e-6), shift_mlp, scale_mlp, inplace)
         if inplace:
-            h = self.mlp.fc2(_gelu_tanh_(self.mlp.fc1(h), approximate="tanh"))
+            h = self.mlp.fc2(gelu_tanh_(self.mlp.fc1(h), approximate="tanh"))
         else:
             h = self.mlp(h)
-        return _gated_add(x, gate_mlp, h, inplace)
-
-
-def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """normed * (1 + scale) + shift in one pass, written over `normed` (a fresh buffer) when allowed."""
-    if inplace:
-        return torch.addcmul(shift, normed, 1 + scale, out=normed)
-    return modulate(normed, shift, scale)
-
-
-def _gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """x + gate * branch, in place on the residual stream when allowed."""
-    return x.addcmul_(gate, branch) if inplace else torch.addcmul(x, gate, branch)
-
-def _gelu_tanh_(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
-    """tanh-GELU written over `x` (a buffer the caller owns); out of place where torch lacks the kernel."""
-    inplace = getattr(torch._C._nn, "gelu_", None)
-    return inplace(x, approximate=approximate) if inplace is not None else F.gelu(x, approximate=approximate)
-
+        return gated_add(x, gate_mlp, h, inplace)
 
 
 class FinalLayer(nn.Module):
