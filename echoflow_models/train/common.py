@@ -96,12 +96,10 @@ def namespace_for(add_args: Callable[[argparse.ArgumentParser], None], **overrid
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for CUDA but torch sees no GPU; use --device cpu")
-    return device
+    """"auto" -> CUDA when available; a CUDA device without a GPU is a clear error (the CLI's rule)."""
+    from ..cli import pick_device
+
+    return pick_device(name)
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

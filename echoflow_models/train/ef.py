@@ -15,6 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import metrics
 from ..efnet import EFRegressor, EFRegressorConfig
 from .common import Run, add_common_args, clip_and_step
 from .data import TARGET_FPS, load_frames, select_records
@@ -75,18 +76,12 @@ def load_clip_set(model: EFRegressor, root, splits, clip_frames: int, fps: float
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
-    pred, true = pred.double(), true.double()
-    err = pred - true
-    mae = float(err.abs().mean())
-    rmse = float(err.pow(2).mean().sqrt())
-    ss_res = float(err.pow(2).sum())
-    ss_tot = float((true - true.mean()).pow(2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
-    if len(pred) > 1 and pred.std() > 0 and true.std() > 0:
-        r = float(torch.corrcoef(torch.stack([pred, true]))[0, 1])
-    else:
-        r = float("nan")
-    return {"mae": mae, "rmse": rmse, "r2": r2, "pearson_r": r, "n": int(len(pred))}
+    """MAE / RMSE / R2 / Pearson r (echoflow_models.metrics) plus the count; NaN where undefined."""
+    if len(pred) < 2:
+        err = (pred.double() - true.double()).abs()
+        return {"mae": float(err.mean()), "rmse": float(err.pow(2).mean().sqrt()), "r2": float("nan"),
+                "pearson_r": float("nan"), "n": int(len(pred))}
+    return {**metrics.regression_metrics(true, pred), "n": int(len(pred))}
 
 
 @torch.no_grad()
