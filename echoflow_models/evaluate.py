@@ -2,7 +2,8 @@
 
 (a) A-VAE reconstruction PSNR / SSIM on frames of new patients;
 (b) EF fidelity: videos generated at requested EFs across 20-80 %, measured by the EF regressor trained
-    on real phantom videos (MAE, Pearson r);
+    on real phantom videos (MAE, Pearson r); plus the EF response: the same latent image animated at
+    EF 20, 50 and 80, the slope of measured vs requested EF (1 = ideal, 0 = the EF is ignored);
 (c) the paper's experiment in miniature: one regressor architecture trained on N real phantom videos and
     on N EchoFlow-generated, privacy-filtered videos, both tested on the same held-out real videos;
 (d) privacy: the share of training-patient frames the gate rejects and of new-patient frames it passes,
@@ -46,6 +47,7 @@ class EvalSizes:
     vae_patients: int = 8
     vae_frames: int = 16
     fidelity_videos: int = 16
+    response_images: int = 4
     train_videos: int = 96
     test_videos: int = 48
     privacy_patients: int = 24
@@ -53,10 +55,11 @@ class EvalSizes:
     regressor_steps: int = 600
     image_steps: int = 50
     video_steps: int = 50
+    guidance: float = 1.0  # EF classifier-free guidance of every generated video (1 = none)
 
     @classmethod
     def quick(cls) -> EvalSizes:
-        return cls(vae_patients=2, vae_frames=4, fidelity_videos=3, train_videos=4, test_videos=3,
+        return cls(vae_patients=2, vae_frames=4, fidelity_videos=3, response_images=1, train_videos=4, test_videos=3,
                    privacy_patients=3, privacy_frames=2, regressor_steps=3, image_steps=2, video_steps=2)
 
 
@@ -117,7 +120,7 @@ def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, siz
     for i, ef in enumerate(requested):
         start = time.perf_counter()
         result = pipe.generate(view, float(ef), seed=seed + i, image_steps=sizes.image_steps,
-                               video_steps=sizes.video_steps)
+                               video_steps=sizes.video_steps, guidance=sizes.guidance)
         gen_times.append(time.perf_counter() - start)
         videos.append(_gray(result.frames))
         tries.append(result.tries)
@@ -129,6 +132,31 @@ def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, siz
         "requested": requested.round(2).tolist(), "measured": measured.round(2).tolist(),
         "gate_tries": tries, "videos": len(videos), "image_steps": sizes.image_steps,
         "video_steps": sizes.video_steps, "generate_s_median": float(np.median(gen_times)),
+    }
+
+
+RESPONSE_EFS = (20.0, 50.0, 80.0)
+
+
+def evaluate_ef_response(pipe: EchoFlowPipeline, regressor: torch.nn.Module, sizes: EvalSizes, seed: int,
+                         view: str) -> dict:
+    """How much the EF token alone moves the measured EF: each latent image is animated at EF 20, 50 and 80
+    with the same video noise, so only the EF differs. The slope of measured vs requested EF is 1 for a
+    perfectly EF-conditioned model and 0 for one that ignores the EF; `between_image_std` is how much the
+    measured EF varies across images at a fixed requested EF (what the fidelity MAE also contains)."""
+    rows = []
+    for i in range(sizes.response_images):
+        image_seed = seed + 100 + i  # disjoint from the fidelity videos' seeds
+        image = pipe.sample_images(view, None, sizes.image_steps, "euler", image_seed, 1)
+        videos = [_gray(pipe.decode(pipe.animate(image, ef, sizes.video_steps, "euler", sizes.guidance,
+                                                 seed=image_seed))[0]) for ef in RESPONSE_EFS]
+        rows.append(predict_ef(regressor, videos))
+    measured = np.stack(rows)  # [images, EFs]
+    slopes = np.polyfit(np.array(RESPONSE_EFS), measured.T, 1)[0]
+    return {
+        "requested": list(RESPONSE_EFS), "measured": measured.round(2).tolist(),
+        "slope_mean": float(slopes.mean()), "slope_per_image": slopes.round(4).tolist(),
+        "between_image_std": float(measured.std(0).mean()), "images": sizes.response_images,
     }
 
 
@@ -151,7 +179,7 @@ def write_synthetic_dataset(pipe: EchoFlowPipeline, root: Path, count: int, size
                 continue
             try:
                 result = pipe.generate(view, ef, seed=seed * 1_000 + i, image_steps=sizes.image_steps,
-                                       video_steps=sizes.video_steps)
+                                       video_steps=sizes.video_steps, guidance=sizes.guidance)
             except PrivacyGateError:
                 rejected += 1
                 continue
@@ -289,13 +317,15 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
         timer = time.perf_counter()
         report["vae"] = evaluate_vae(pipe, sizes, seed)
         report["ef_fidelity"] = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet)
+        report["ef_response"] = evaluate_ef_response(pipe, regressor, sizes, seed, view)
         report["synthetic_vs_real"] = evaluate_synthetic_vs_real(pipe, work, sizes, seed, view, quiet)
         report["privacy"] = evaluate_privacy(pipe, root, sizes, seed, view)
         start = time.perf_counter()
-        pipe.generate(view, 55.0, seed=seed, image_steps=sizes.image_steps, video_steps=sizes.video_steps)
+        pipe.generate(view, 55.0, seed=seed, image_steps=sizes.image_steps, video_steps=sizes.video_steps,
+                      guidance=sizes.guidance)
         report["timing"] = {
             "generate_s": time.perf_counter() - start,
-            "steps": {"image": sizes.image_steps, "video": sizes.video_steps},
+            "steps": {"image": sizes.image_steps, "video": sizes.video_steps}, "guidance": sizes.guidance,
             "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.machine(), "evaluation_s": time.perf_counter() - timer,
         }
@@ -307,10 +337,13 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
 
 def markdown_table(report: dict) -> str:
     v, f, s, p, t = (report[k] for k in ("vae", "ef_fidelity", "synthetic_vs_real", "privacy", "timing"))
+    r = report["ef_response"]
     rows = [
         ("A-VAE reconstruction", f"PSNR {v['psnr_db']:.2f} dB, SSIM {v['ssim']:.3f}", "PSNR >= 30 dB"),
         ("EF fidelity (generated vs requested)", f"MAE {f['mae']:.2f}, r {f['pearson_r']:.3f}",
          "MAE <= 6, r >= 0.85"),
+        ("EF response (same image, EF 20/50/80)", f"slope {r['slope_mean']:.2f}, spread across images "
+         f"{r['between_image_std']:.1f}", "slope 1"),
         ("EF regressor trained on real", f"MAE {s['real']['mae']:.2f}, RMSE {s['real']['rmse']:.2f}, "
          f"R2 {s['real']['r2']:.3f}", ""),
         ("EF regressor trained on synthetic", f"MAE {s['synthetic']['mae']:.2f}, RMSE "
@@ -328,7 +361,7 @@ def markdown_table(report: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     root = Path(args.weights) if args.weights else default_weights_root()
     sizes = EvalSizes.quick() if args.quick else EvalSizes()
-    for field_name in ("train_videos", "test_videos", "regressor_steps", "fidelity_videos"):
+    for field_name in ("train_videos", "test_videos", "regressor_steps", "fidelity_videos", "guidance"):
         value = getattr(args, field_name)
         if value is not None:
             setattr(sizes, field_name, value)
@@ -358,6 +391,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-videos", type=int, default=None)
     p.add_argument("--fidelity-videos", type=int, default=None)
     p.add_argument("--regressor-steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="EF classifier-free guidance for every generated video (default 1 = none)")
     p.add_argument("--work", default=None, help="keep the generated datasets here (default: a temp dir)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")

@@ -171,7 +171,8 @@ def test_volume_tracings_become_masks(tmp_path, tiny_data):
 def test_train_all_exports_a_loadable_weights_root(tiny_data, tmp_path):
     out = tmp_path / "weights"
     cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(tiny_data), "--work",
-           str(tmp_path / "work"), "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet"]
+           str(tmp_path / "work"), "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet",
+           "--steps-scale", "2"]
     subprocess.run(cmd, check=True)
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
@@ -184,6 +185,8 @@ def test_train_all_exports_a_loadable_weights_root(tiny_data, tmp_path):
     assert set(pipe.gates) == {"A4C", "PSAX", "PLAX"}
     manifest = json.loads((out / "training.json").read_text())
     assert manifest["dtype"] == "float16" and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef"}
+    for stage in ("vae", "lifm", "lvfm", "reid", "ef"):  # --steps-scale multiplies every preset step count
+        assert manifest["stages"][stage]["steps"] == 2 * TINY[stage]["steps"], stage
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,3 +227,34 @@ def test_bundled_weights_make_a_pipeline():
     assert pipe.latent_shape == (4, 28, 28)
     assert pipe.lvfm.num_frames == 64
     assert pipe.scaler.channels == 4
+
+
+def test_temporal_weight_only_reweights_the_frame_varying_error():
+    """The weighted loss keeps an error that varies over the frames at full weight and scales an error that
+    is the same in every frame by 1 / (1 + w): motion errors count (1 + w)x more than static ones. Both
+    terms vanish at the same optimum (the conditional expectation)."""
+    from echoflow_models.train.lvfm import masked_flow_loss
+
+    z0 = torch.zeros(1, 2, 4, 3, 3)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+
+    def run(model, w):
+        gen = torch.Generator().manual_seed(0)
+        import contextlib
+
+        return float(masked_flow_loss(model, z0, None, None, None, valid, gen, 0.0, "cpu",
+                                      contextlib.nullcontext(), "uniform", w))
+
+    def static(x, t, ef, cond, drop_ef=None):  # predicts zero: the error is -noise, varying over frames
+        return torch.zeros_like(x)
+
+    plain, weighted = run(static, 0.0), run(static, 4.0)
+    assert 0.7 * plain < weighted < plain  # noise is mostly frame-varying; only its frame mean is scaled down
+
+    def exact_but_offset(x, t, ef, cond, drop_ef=None):  # error = constant 0.5 everywhere
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.randn(x.shape, generator=gen)
+        return noise + 0.5
+
+    assert abs(run(exact_but_offset, 0.0) - 0.25) < 1e-6
+    assert abs(run(exact_but_offset, 4.0) - 0.25 / 5) < 1e-6

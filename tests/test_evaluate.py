@@ -1,0 +1,77 @@
+"""`echoflow evaluate` on a tiny subset: every measure of the issue lands in the JSON with the seeds and sizes
+used, the Markdown table is written, and bad weights fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from echoflow_models.evaluate import EvalSizes, frames_to_regressor_input, markdown_table
+from echoflow_models.weights import bundled_weights_root
+
+REQUIRED = {
+    "vae": ("psnr_db", "ssim"),
+    "ef_fidelity": ("mae", "pearson_r"),
+    "synthetic_vs_real": ("real_mae", "synthetic_mae", "mae_ratio"),
+    "privacy": ("tau", "train_rejected_frac", "new_passed_frac"),
+    "timing": ("generate_s",),
+}
+
+
+@pytest.mark.slow
+def test_quick_evaluation_writes_every_measure(tmp_path):
+    out, table = tmp_path / "evaluation.json", tmp_path / "evaluation.md"
+    cmd = [sys.executable, "-m", "echoflow_models", "evaluate", "--quick", "--quiet", "--threads", "1",
+           "--guidance", "2", "--seed", "3", "--out", str(out), "--markdown", str(table),
+           "--work", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            value = report[section][key]
+            assert isinstance(value, float), (section, key, value)
+    assert report["seed"] == 3
+    assert report["sizes"] == {**EvalSizes.quick().__dict__, "guidance": 2.0}
+    assert report["timing"]["guidance"] == 2.0
+    assert math.isfinite(report["vae"]["psnr_db"]) and report["vae"]["psnr_db"] > 10.0
+    assert 0.0 <= report["privacy"]["train_rejected_frac"] <= 1.0
+    assert 0.0 <= report["privacy"]["new_passed_frac"] <= 1.0
+    assert len(report["ef_fidelity"]["measured"]) == EvalSizes.quick().fidelity_videos
+    response = report["ef_response"]
+    assert response["requested"] == [20.0, 50.0, 80.0]
+    assert len(response["measured"]) == EvalSizes.quick().response_images
+    assert math.isfinite(response["slope_mean"]) and math.isfinite(response["between_image_std"])
+    # the synthetic training set was written in the EchoNet layout, the real one beside it
+    assert (tmp_path / "work" / "synthetic" / "FileList.csv").is_file()
+    assert (tmp_path / "work" / "real" / "FileList.csv").is_file()
+    assert table.read_text().strip() == markdown_table(report)
+
+
+def test_evaluation_refuses_weights_without_an_ef_regressor(tmp_path):
+    root = tmp_path / "weights"
+    root.mkdir()
+    for kind in ("vae", "lifm", "lvfm", "reid", "assets"):  # everything but ef/
+        (root / kind).symlink_to(bundled_weights_root() / kind, target_is_directory=True)
+    for name in ("gates.json", "training_data.json"):
+        (root / name).symlink_to(bundled_weights_root() / name)
+    proc = subprocess.run([sys.executable, "-m", "echoflow_models", "evaluate", "--quick", "--quiet",
+                           "--weights", str(root), "--out", str(tmp_path / "e.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "no EF regressor" in proc.stderr
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_regressor_input_is_grey_in_minus_one_to_one():
+    import numpy as np
+
+    frames = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    frames[..., 0] = 255
+    x = frames_to_regressor_input(frames)
+    assert x.shape == (1, 3, 4, 8, 8)
+    assert float(x.max()) == pytest.approx(255 / 128 - 1) and float(x.min()) == pytest.approx(255 / 128 - 1)
