@@ -97,6 +97,16 @@ def guided_velocity(
     return velocity
 
 
+def flow_matching_pair(
+    data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sigma_min: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spec 5.2's training pair: z_t = (1 - t) x0 + (sigma_min + (1 - sigma_min) t) x1 and the velocity
+    target u = (1 - sigma_min) x1 - x0, for data x0 [B, ...], noise x1 like it and times t [B]."""
+    tb = t.view(data.shape[0], *([1] * (data.ndim - 1)))
+    z_t = (1 - tb) * data + (sigma_min + (1 - sigma_min) * tb) * noise
+    return z_t, (1 - sigma_min) * noise - data
+
+
 def flow_matching_loss(
     velocity: VelocityFn,
     data: torch.Tensor,
@@ -113,9 +123,7 @@ def flow_matching_loss(
         noise = torch.randn(data.shape, generator=generator, device=gen_device).to(data)
     if t is None:
         t = torch.rand(b, generator=generator, device=gen_device).to(data)
-    tb = t.view(b, *([1] * (data.ndim - 1)))
-    z_t = (1 - tb) * data + (sigma_min + (1 - sigma_min) * tb) * noise
-    target = (1 - sigma_min) * noise - data
+    z_t, target = flow_matching_pair(data, noise, t, sigma_min)
     return torch.mean((velocity(z_t, t) - target).float() ** 2)
 
 

@@ -16,8 +16,7 @@ import torch
 from ..lifm import SegDiTConfig, SegDiTTransformer2DModel
 from ..sampling import flow_matching_loss
 from .common import Run, add_common_args, clip_and_step
-from .data import LatentSet, load_latent_cache
-from .scaling_io import load_or_fit_scaler
+from .scaling_io import open_latent_set
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +70,7 @@ def sample_t(n: int, kind: str, gen: torch.Generator) -> torch.Tensor:
 
 def run(args: argparse.Namespace) -> dict:
     run_ = Run(args, "lifm")
-    cache = load_latent_cache(args.latents)
-    scaler = load_or_fit_scaler(cache, args.scaling, run_.out)
-    data = LatentSet(cache, args.splits, scaler, args.sample_latents)
+    _, _, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out, args.sample_latents)
     c, h, _ = data.mean.shape[1:]
     model = build_lifm(args, c, h)
     opt = run_.optimizer(model.parameters())

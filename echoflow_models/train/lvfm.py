@@ -15,10 +15,11 @@ import argparse
 import torch
 
 from ..lvfm import DiffuserSTDiT, STDiTConfig
+from ..sampling import flow_matching_pair
 from .common import Run, add_common_args, clip_and_step
-from .data import TARGET_FPS, LatentSet, load_latent_cache
+from .data import TARGET_FPS
 from .lifm import sample_t
-from .scaling_io import load_or_fit_scaler
+from .scaling_io import open_latent_set
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -92,9 +93,7 @@ def masked_flow_loss(model, z0, cond, ef, drop_ef, valid, gen, sigma_min, device
     b = z0.shape[0]
     noise = torch.randn(z0.shape, generator=gen).to(device)
     t = sample_t(b, t_sampling, gen).to(device)
-    tb = t.view(b, 1, 1, 1, 1)
-    z_t = (1 - tb) * z0 + (sigma_min + (1 - sigma_min) * tb) * noise
-    target = (1 - sigma_min) * noise - z0
+    z_t, target = flow_matching_pair(z0, noise, t, sigma_min)
     with autocast:
         v = model(z_t, t, ef, cond, drop_ef=drop_ef)
     err = v.float() - target  # [B, C, T, h, w]
@@ -109,9 +108,7 @@ def masked_flow_loss(model, z0, cond, ef, drop_ef, valid, gen, sigma_min, device
 
 def run(args: argparse.Namespace) -> dict:
     run_ = Run(args, "lvfm")
-    cache = load_latent_cache(args.latents)
-    scaler = load_or_fit_scaler(cache, args.scaling, run_.out)
-    data = LatentSet(cache, args.splits, scaler, args.sample_latents)
+    _, _, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out, args.sample_latents)
     c, h, _ = data.mean.shape[1:]
     model = build_lvfm(args, c, h)
     opt = run_.optimizer(model.parameters())

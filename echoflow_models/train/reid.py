@@ -25,8 +25,8 @@ from torch import nn
 
 from ..reid import DEFAULT_TAU, ReIDConfig, ReIDResNet18, select_tau, similarity_matrix
 from .common import Run, add_common_args, clip_and_step
-from .data import LatentSet, load_latent_cache
-from .scaling_io import load_or_fit_scaler
+from .data import LatentSet
+from .scaling_io import open_latent_set
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -183,9 +183,7 @@ def calibrate(reid: ReIDResNet18, train: LatentSet, new: LatentSet | None, bank:
 
 def run(args: argparse.Namespace) -> dict:
     run_ = Run(args, "reid")
-    cache = load_latent_cache(args.latents)
-    scaler = load_or_fit_scaler(cache, args.scaling, run_.out)
-    data = LatentSet(cache, args.splits, scaler)
+    cache, scaler, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out)
     if data.num_identities < 2:
         raise SystemExit("error: ReID training needs at least two identities (patients) in the training split")
     c = data.mean.shape[1]

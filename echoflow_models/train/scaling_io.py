@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..scaling import LatentScaler
-from .data import fit_scaling
+from .data import LatentSet, fit_scaling, load_latent_cache
 
 
 def load_or_fit_scaler(cache: dict, scaling: str | None, out: Path | None = None) -> LatentScaler:
@@ -22,3 +22,12 @@ def load_or_fit_scaler(cache: dict, scaling: str | None, out: Path | None = None
     if scaler.channels != channels:
         raise SystemExit(f"error: scaling.pt has {scaler.channels} channels but the latents have {channels}")
     return scaler
+
+
+def open_latent_set(latents: str, scaling: str | None, splits, out: Path | None,
+                    sample_latents: bool = False) -> tuple[dict, LatentScaler, LatentSet]:
+    """The latent cache, its scaler (`load_or_fit_scaler`) and the scaled `LatentSet` of `splits`: what the
+    LIFM, LVFM and ReID stages train on."""
+    cache = load_latent_cache(latents)
+    scaler = load_or_fit_scaler(cache, scaling, out)
+    return cache, scaler, LatentSet(cache, splits, scaler, sample_latents)
