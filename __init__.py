@@ -34,7 +34,13 @@ def _ensure_echoflow_models() -> None:
 
 _ensure_echoflow_models()
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+if __package__:  # ComfyUI (and tests/test_nodes.py) import this folder as a package
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported as a plain module: pytest does that to a checkout whose folder name is not a Python
+    # identifier (e.g. a `mktemp -d` clone, `tmp.AbC123`). There is no package to import the nodes from,
+    # and nothing is registered from here then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./web"
 
