@@ -531,11 +531,15 @@ def write_phantom_dataset(
     fps: float = 32.0,
     codec: str = "mjpeg",
     progress=None,
+    phase: float | None = None,
+    heart_rate: float | None = None,
 ) -> list[EchoNetRecord]:
     """Render ``num_patients`` phantom patients into an EchoNet-Dynamic folder; returns their records.
 
     Each patient gets ``videos_per_patient`` videos per view, each with its own EF drawn uniformly from
-    ``ef_range``, a random starting phase and its own frame noise. Splits are assigned per patient (all of
+    ``ef_range``, a random starting phase and its own frame noise. ``phase`` (cycle fraction at frame 0,
+    0 = end-diastole) fixes the starting phase of every video and ``heart_rate`` (bpm) replaces each
+    patient's own; the EFs drawn are the same either way. Splits are assigned per patient (all of
     a patient's videos share a split), deterministically from ``seed``. Extra columns: ``PatientID``,
     ``View``, ``PatientSeed``. Re-running with the same arguments resumes: finished entries are skipped.
     ``progress(done, total)`` is called after each video.
@@ -551,6 +555,10 @@ def write_phantom_dataset(
     bad = [v for v in views if v not in VIEWS]
     if not views or bad:
         raise ValueError(f"write_phantom_dataset: views must be a non-empty subset of {VIEWS}, got {views}")
+    if phase is not None and not (0.0 <= float(phase) < 1.0):
+        raise ValueError(f"write_phantom_dataset: phase must be a cycle fraction in [0, 1), got {phase}")
+    if heart_rate is not None and not (20.0 <= float(heart_rate) <= 240.0):
+        raise ValueError(f"write_phantom_dataset: heart_rate must be in [20, 240] bpm, got {heart_rate}")
     lo, hi = float(ef_range[0]), float(ef_range[1])
     if not (EF_RANGE[0] <= lo <= hi <= EF_RANGE[1]):
         raise ValueError(f"write_phantom_dataset: ef_range must lie within {EF_RANGE}, got {tuple(ef_range)}")
@@ -577,9 +585,11 @@ def write_phantom_dataset(
                     else:
                         rng = np.random.default_rng([int(seed), k, VIEWS.index(view), j, 0xEF])
                         ef = float(rng.uniform(lo, hi))
-                        phase = float(rng.uniform(0.0, 1.0))
+                        drawn_phase = float(rng.uniform(0.0, 1.0))  # drawn always: EFs stay the same
                         anatomy = PatientAnatomy.sample(pseed, view)
-                        video = render_video(anatomy, ef, num_frames=num_frames, fps=fps, phase=phase, seed=j)
+                        video = render_video(anatomy, ef, num_frames=num_frames, fps=fps,
+                                             phase=drawn_phase if phase is None else float(phase), seed=j,
+                                             heart_rate=heart_rate)
                         out.append(
                             writer.add(
                                 name,

@@ -8,6 +8,12 @@ reference are load-bearing for the released weights and reproduced here on purpo
 * the temporal branch reuses the spatial branch's `gate_msa` and runs on the un-normalised tokens;
 * the EF is a one-token "caption" with one channel (EF / 100) attended by every token.
 
+One extension, off unless a config asks for it: `caption_adaln: true` also adds the caption embedding to
+the timestep embedding, so the EF drives every block's AdaLN shift/scale/gate and the final layer (how DiT
+conditions on a class). With a single caption token, cross-attention can only add one vector to every
+token; a small model trained briefly on the CPU learns little from that (the bundled demo LVFM uses the
+extension; released configs lack the key and run the reference forward).
+
 All weights live under `model.` as in the released `lvfm/<name>/diffusion_pytorch_model.safetensors`.
 """
 
@@ -50,6 +56,9 @@ class STDiTConfig:
     space_scale: float = 1.0
     time_scale: float = 1.0
     enable_flashattn: bool = False  # the reference's xformers switch; SDPA is always used here
+    # Extension (not in the release): the caption embedding, averaged over its tokens, is added to the
+    # timestep embedding that drives AdaLN. The null caption (dropped EF) takes the same path.
+    caption_adaln: bool = False
 
     def validate(self) -> None:
         if len(self.input_size) != 3 or len(self.patch_size) != 3:
@@ -254,11 +263,13 @@ class STDiT(nn.Module):
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # [B, Nt, S, C]
         tokens = (tokens + self._spatial_table(nh, nw, tokens)).reshape(b, nt * nh * nw, c)
 
-        t_emb = self.t_embedder(t, tokens.dtype)  # [B, C]
-        t0 = self.t_block(t_emb)  # [B, 6C]
         y = None
         if self.y_embedder is not None and caption is not None:
             y = self.y_embedder(caption.to(tokens.dtype), drop_caption)  # [B, L, C]
+        t_emb = self.t_embedder(t, tokens.dtype)  # [B, C]
+        if self.cfg.caption_adaln and y is not None:
+            t_emb = t_emb + y.mean(1)  # the caption also modulates every block (see STDiTConfig)
+        t0 = self.t_block(t_emb)  # [B, 6C]
 
         temporal = self._temporal_table(nt, tokens)
         for i, block in enumerate(self.blocks):

@@ -204,6 +204,31 @@ def test_split_counts_and_argument_checks(tmp_path):
         write_phantom_dataset(tmp_path, 1, ef_range=(5, 90))
 
 
+def test_fixed_phase_and_heart_rate_keep_the_efs_and_start_at_end_diastole(tmp_path):
+    """The LVFM's training clips: every video starts at ED at one tempo, with the EFs of the default draw."""
+    import numpy as np
+
+    from echoflow_models.phantom import PatientAnatomy, render_video
+    from echoflow_models.video_io import read_video
+
+    kw = {"seed": 4, "views": ("A4C",), "videos_per_patient": 2, "num_frames": 12, "split_fractions": (1, 0, 0)}
+    free = write_phantom_dataset(tmp_path / "free", 2, **kw)
+    fixed = write_phantom_dataset(tmp_path / "fixed", 2, phase=0.0, heart_rate=75.0, codec="ffv1", **kw)
+    assert [r.ef for r in fixed] == [r.ef for r in free]
+    first = fixed[0]
+    anatomy = PatientAnatomy.sample(int(first.extra["PatientSeed"]), "A4C")
+    expected = render_video(anatomy, first.ef, num_frames=12, phase=0.0, heart_rate=75.0, seed=0)
+    assert expected.ed_frames[0] == 0 and expected.heart_rate == 75.0
+    frames, _ = read_video(tmp_path / "fixed" / "Videos" / f"{first.file_name}.avi", gray=True)
+    err = np.abs(frames.astype(int) - expected.frames).mean(axis=(1, 2))
+    at_es = render_video(anatomy, first.ef, num_frames=12, phase=1 / 3, heart_rate=75.0, seed=0)
+    assert err.max() < 0.1 < np.abs(frames.astype(int) - at_es.frames).mean()  # codec rounding, not phase
+    with pytest.raises(ValueError, match="phase"):
+        write_phantom_dataset(tmp_path / "bad", 1, phase=1.5)
+    with pytest.raises(ValueError, match="heart_rate"):
+        write_phantom_dataset(tmp_path / "bad", 1, heart_rate=300.0)
+
+
 def test_unknown_volumes_are_blank_cells_read_back_as_nan(tmp_path):
     """Generated videos have an EF label but no ground-truth volumes: they are left blank, never 0."""
     import math

@@ -86,3 +86,36 @@ def test_stdit_sincos_tables_equal_the_checkpoint(fixtures_dir):
     stored = load_file(str(fixtures_dir / "lvfm" / "tiny" / "diffusion_pytorch_model.safetensors"))
     assert torch.allclose(fresh.model.pos_embed, stored["model.pos_embed"], atol=1e-6)
     assert torch.allclose(fresh.model.pos_embed_temporal, stored["model.pos_embed_temporal"], atol=1e-6)
+
+
+def test_caption_adaln_routes_the_ef_through_the_modulation_and_is_off_by_default(tmp_path):
+    """The demo's extension: with `caption_adaln` the EF changes the output even with every cross-attention
+    projection zeroed; without it (every released config) those zeroed projections silence the EF."""
+    from echoflow_models import load_model, save_model
+    from echoflow_models.lvfm import DiffuserSTDiT, STDiTConfig
+
+    def tiny(adaln: bool) -> DiffuserSTDiT:
+        torch.manual_seed(0)
+        cfg = STDiTConfig(input_size=[4, 8, 8], in_channels=8, patch_size=[2, 4, 4], hidden_size=16, depth=1,
+                          num_heads=2, caption_channels=1, model_max_length=1, caption_adaln=adaln)
+        model = DiffuserSTDiT(cfg).eval()
+        model.initialize_weights()
+        for p in model.parameters():  # the reference init zeroes the output layers; make them live
+            torch.nn.init.normal_(p, std=0.2)
+        for block in model.model.blocks:
+            torch.nn.init.zeros_(block.cross_attn.proj.weight)
+            torch.nn.init.zeros_(block.cross_attn.proj.bias)
+        return model
+
+    x, cond, t = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([0.7])
+    for adaln in (False, True):
+        model = tiny(adaln)
+        with torch.no_grad():
+            low, high = (model(x, t, torch.tensor([ef]), cond) for ef in (0.2, 0.8))
+        assert torch.equal(low, high) != adaln
+    save_model(model, tmp_path / "adaln")
+    again = load_model(tmp_path / "adaln")
+    assert again.config.caption_adaln is True
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, torch.tensor([0.8]), cond), high)
+    assert STDiTConfig().caption_adaln is False  # released configs have no such key

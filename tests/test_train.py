@@ -115,6 +115,17 @@ def test_flow_and_reid_stages_write_loadable_checkpoints(tiny_cache, tmp_path):
         "anatomies_phantom.pt", "backbone.safetensors", "config.yaml", "training"]
 
 
+def test_clips_can_be_conditioned_on_their_first_frame(tiny_cache):
+    cache, _ = tiny_cache
+    data = LatentSet(load_latent_cache(cache), "TRAIN")
+    clip = data.sample_clips(3, 8, torch.Generator().manual_seed(0), cond_frame="first")
+    torch.testing.assert_close(clip.cond, clip.video[:, :, 0])
+    other = data.sample_clips(3, 8, torch.Generator().manual_seed(0), cond_frame="random")
+    assert not torch.equal(other.cond, other.video[:, :, 0])
+    with pytest.raises(ValueError, match="cond_frame"):
+        data.sample_clips(1, 8, torch.Generator(), cond_frame="last")
+
+
 def test_resume_reproduces_an_uninterrupted_run(tiny_cache, tmp_path):
     cache, scaling = tiny_cache
     opts = {**TINY["lifm"], "latents": str(cache), "scaling": str(scaling), "threads": 1, "quiet": True,
@@ -168,12 +179,20 @@ def test_volume_tracings_become_masks(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
-def test_train_all_exports_a_loadable_weights_root(tiny_data, tmp_path):
-    out = tmp_path / "weights"
-    cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(tiny_data), "--work",
-           str(tmp_path / "work"), "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet",
-           "--steps-scale", "2"]
+def test_train_all_exports_a_loadable_weights_root(tmp_path):
+    data, work, out = tmp_path / "ds", tmp_path / "work", tmp_path / "weights"
+    train("dataset", out=str(data), patients=5, seed=3, views="A4C,PSAX", frames=8, extra_videos=0,
+          split="0.6,0.2,0.2", quiet=True)
+    cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(data), "--work", str(work),
+           "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet", "--steps-scale", "2"]
     subprocess.run(cmd, check=True)
+    # The LVFM trained on its own set: the same patients re-rendered at one more EF each, full length.
+    lvfm_set = json.loads((work / "lvfm_data" / "dataset.json").read_text())
+    assert lvfm_set["num_patients"] == 5 and lvfm_set["extra_frames"] == 8 and lvfm_set["videos"] == 20
+    assert lvfm_set["phase"] == 0.0 and lvfm_set["heart_rate"] == 75.0  # every clip starts at ED, 75 bpm
+    assert load_model(out / "lvfm" / "phantom-stdit").config.caption_adaln is True
+    lvfm_cache = torch.load(work / "latents_lvfm.pt")
+    assert set(lvfm_cache["splits"]) == {"TRAIN"} and len(lvfm_cache["splits"]) == 3 * 2 * 2
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
     info = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(out)], check=True,
@@ -258,3 +277,68 @@ def test_temporal_weight_only_reweights_the_frame_varying_error():
 
     assert abs(run(exact_but_offset, 0.0) - 0.25) < 1e-6
     assert abs(run(exact_but_offset, 4.0) - 0.25 / 5) < 1e-6
+
+
+def _hand_cache(efs_per_heart: list[list[float]], frames: int = 6) -> dict:
+    """A latent cache with hand-set hearts: heart k has one video per EF in efs_per_heart[k]."""
+    names, ids, efs = [], [], []
+    for k, efs_k in enumerate(efs_per_heart):
+        for j, ef in enumerate(efs_k):
+            names.append(f"H{k}_{j}")
+            ids.append(f"H{k}/A4C")
+            efs.append(ef)
+    n = len(names)
+    return {"file_names": names, "splits": ["TRAIN"] * n, "identities": ids,
+            "views": torch.zeros(n, dtype=torch.long), "ef": torch.tensor(efs), "fps": torch.full((n,), 32.0),
+            "offsets": torch.arange(n + 1) * frames, "mean": torch.randn(n * frames, 4, 28, 28).half(),
+            "std": None, "masks": torch.zeros(n * frames, 28, 28, dtype=torch.bool),
+            "has_mask": torch.zeros(n * frames, dtype=torch.bool)}
+
+
+def test_ef_pairs_are_one_heart_at_two_efs_sharing_the_conditioning_noise():
+    data = LatentSet(_hand_cache([[20.0, 50.0, 80.0], [30.0, 60.0], [45.0]]), "TRAIN")
+    gen = torch.Generator().manual_seed(1)
+    clip = data.sample_clips(40, 6, gen, noise_cond=0.1, cond_frame="first", ef_pairs=True)
+    ef = (clip.ef * 100).round().view(20, 2)
+    heart = {20: 0, 50: 0, 80: 0, 30: 1, 60: 1, 45: 2}
+    for a, b in ef.tolist():
+        assert heart[a] == heart[b]
+        assert a != b or heart[a] == 2  # the lone video of heart 2 pairs with itself
+    noise = clip.cond - clip.video[:, :, 0]
+    torch.testing.assert_close(noise[0::2], noise[1::2], rtol=0, atol=1e-6)
+    assert 0.05 < float(noise.std()) < 0.2
+    with pytest.raises(ValueError, match="even"):
+        data.sample_clips(3, 6, gen, ef_pairs=True)
+
+
+def test_shared_randn_groups_rows_and_is_plain_randn_otherwise():
+    from echoflow_models.train.data import shared_randn
+
+    a = shared_randn((6, 3), torch.Generator().manual_seed(0), 2)
+    assert torch.equal(a[0::2], a[1::2]) and not torch.equal(a[0], a[2])
+    torch.testing.assert_close(shared_randn((4, 3), torch.Generator().manual_seed(5)),
+                               torch.randn((4, 3), generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="multiple"):
+        shared_randn((5, 3), torch.Generator(), 2)
+
+
+def test_paired_loss_gives_both_clips_of_a_pair_one_flow_time_and_noise():
+    import contextlib
+
+    from echoflow_models.train.lvfm import masked_flow_loss
+
+    seen = {}
+
+    def record(x, t, ef, cond, drop_ef=None):
+        seen["x"], seen["t"] = x.clone(), t.clone()
+        return torch.zeros_like(x)
+
+    z0 = torch.zeros(4, 2, 3, 5, 5)  # identical clips: equal inputs iff equal noise and t
+    valid = torch.ones(4, 3, dtype=torch.bool)
+    masked_flow_loss(record, z0, None, None, None, valid, torch.Generator().manual_seed(0), 0.0, "cpu",
+                     contextlib.nullcontext(), share=2)
+    assert torch.equal(seen["t"][0::2], seen["t"][1::2]) and seen["t"][0] != seen["t"][2]
+    assert torch.equal(seen["x"][0::2], seen["x"][1::2]) and not torch.equal(seen["x"][0], seen["x"][2])
+    masked_flow_loss(record, z0, None, None, None, valid, torch.Generator().manual_seed(0), 0.0, "cpu",
+                     contextlib.nullcontext())
+    assert not torch.equal(seen["x"][0], seen["x"][1])  # unpaired: every clip its own noise

@@ -2,6 +2,11 @@
 
     VAE -> latent cache + scaling.pt -> LIFM -> ReID + anatomy bank + tau -> LVFM -> EF regressor -> export
 
+For a phantom dataset made by `echoflow train dataset` (its `dataset.json` recipe beside the FileList), the
+preset can give the LVFM its own training set: the same patients, views and splits, each rendered at
+`lvfm_data.extra_videos` more EFs at full length (stage `lvfm_data`), encoded with the trained A-VAE
+(stage `lvfm_latents`, normalised with the main cache's scaling.pt).
+
 Each stage trains into `WORK/<stage>/` and is skipped when it already finished (its
 `training/summary.json` exists), so re-running the same command after an interruption continues where it
 stopped (a half-finished stage restarts from its last checkpoint with --resume). The export writes
@@ -45,8 +50,20 @@ PRESETS: dict[str, dict[str, dict]] = {
                  "amp": "bf16", "save_every": 250},
         "reid": {"width": 16, "batch_size": 64, "steps": 1500, "max_minutes": 10.0, "lr": 1e-3},
         # uniform t: the motion (phase, amplitude) is decided at high t, which logit-normal rarely samples
+        # cond_frame "first": the clip starts from its conditioning image (see lvfm_data); ef_pairs: each
+        # batch is one heart at two EFs with one flow time and noise, so the EF's gradient is not buried
+        # under the differences between hearts; caption_adaln: the EF also drives the AdaLN modulation
+        # (an extension of the released STDiT, see lvfm.py), which a small model learns far faster
         "lvfm": {"hidden": 128, "heads": 4, "depth": 4, "patch": "2,4,4", "batch_size": 2, "steps": 9000,
-                 "max_minutes": 60.0, "lr": 1e-3, "temporal_weight": 4.0, "amp": "bf16", "save_every": 250},
+                 "max_minutes": 60.0, "lr": 1e-3, "temporal_weight": 4.0, "amp": "bf16", "save_every": 250,
+                 "cond_frame": "first", "ef_pairs": True, "caption_adaln": True},
+        # The LVFM's own clips. With one EF per patient the LVFM can read a clip's motion off its anatomy and
+        # ignore the EF token; the same hearts at 5 EFs each leave the EF token as the only cue to how hard
+        # the heart beats. With a random starting phase and the patient's heart rate (55-95 bpm), an image
+        # and an EF still allow any phase and tempo, whose average is a heart that hardly moves, which is
+        # what a small model learns first; every clip starting at end-diastole at 75 bpm makes the motion a
+        # function of the image and the EF.
+        "lvfm_data": {"extra_videos": 4, "phase": 0.0, "heart_rate": 75.0},
         # fp32: the regressor reads EF off the temporal spread of its features, which bf16 rounds away
         "ef": {"batch_size": 8, "steps": 1200, "max_minutes": 15.0, "lr": 1e-3},
     },
@@ -55,13 +72,15 @@ PRESETS: dict[str, dict[str, dict]] = {
                 "disc_start": 1, "max_videos": 4, "eval_split": "", "log_every": 1},
         "lifm": {"hidden": 16, "heads": 2, "layers": 1, "batch_size": 2, "steps": 2},
         "reid": {"width": 2, "embed_dim": 8, "batch_size": 4, "steps": 2, "bank_frames": 2, "calib_frames": 2},
-        "lvfm": {"hidden": 16, "heads": 2, "depth": 1, "patch": "2,4,4", "batch_size": 1, "steps": 2,
-                 "frames": 8},
+        "lvfm": {"hidden": 16, "heads": 2, "depth": 1, "patch": "2,4,4", "batch_size": 2, "steps": 2,
+                 "frames": 8, "cond_frame": "first", "ef_pairs": True, "caption_adaln": True},
+        "lvfm_data": {"extra_videos": 1, "phase": 0.0, "heart_rate": 75.0},
         "ef": {"batch_size": 2, "steps": 2, "channels": "8,8,8,8", "frames": 8, "size": 32, "clip_frames": 8,
                "eval_split": ""},
     },
 }
-STAGES = ("vae", "latents", "lifm", "reid", "lvfm", "ef")  # (+ "masks" for phantom datasets)
+STAGES = ("vae", "latents", "lifm", "reid", "lvfm", "ef")  # (+ "masks", "lvfm_data", "lvfm_latents")
+EXTRA_STAGES = ("masks", "lvfm_data", "lvfm_latents")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +113,9 @@ def _parse_sets(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, _, value = item.partition("=")
         stage, _, option = key.partition(".")
-        if not value or stage not in (*STAGES, "masks") or not option:
-            raise SystemExit(f"error: --set {item!r}: expected STAGE.OPTION=VALUE with STAGE in {STAGES}")
+        if not value or stage not in (*STAGES, *EXTRA_STAGES) or not option:
+            raise SystemExit(f"error: --set {item!r}: expected STAGE.OPTION=VALUE with STAGE in "
+                             f"{STAGES + EXTRA_STAGES}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -124,10 +144,31 @@ def _export_folder(src: Path, dst: Path, fp16: bool, weights_name: str, config_n
 
 
 # What each stage needs first; with --jobs 2 independent stages run side by side, one thread each.
-DEPENDS = {"vae": (), "masks": (), "ef": (), "latents": ("vae", "masks"), "lvfm": ("latents",),
-           "lifm": ("latents",), "reid": ("latents",)}
-ORDER = ("vae", "ef", "masks", "latents", "lvfm", "lifm", "reid")  # start order when several are ready
-MODULES = {"vae": "vae", "ef": "ef", "lifm": "lifm", "lvfm": "lvfm", "reid": "reid", "latents": "latents"}
+DEPENDS = {"vae": (), "masks": (), "ef": (), "lvfm_data": (), "latents": ("vae", "masks"),
+           "lvfm_latents": ("vae", "lvfm_data"), "lvfm": ("latents", "lvfm_latents"), "lifm": ("latents",),
+           "reid": ("latents",)}
+# start order when several are ready
+ORDER = ("vae", "ef", "masks", "lvfm_data", "latents", "lvfm_latents", "lvfm", "lifm", "reid")
+MODULES = {"vae": "vae", "ef": "ef", "lifm": "lifm", "lvfm": "lvfm", "reid": "reid", "latents": "latents",
+           "lvfm_data": "dataset", "lvfm_latents": "latents"}
+
+
+def lvfm_data_options(data: Path, out: Path, extra_videos: int, quiet: bool, phase: float | None = None,
+                      heart_rate: float | None = None) -> dict | None:
+    """`train dataset` options re-rendering --data's phantom patients at more EFs (starting at `phase`, at
+    `heart_rate` bpm when given), or None when --data has no `dataset.json` recipe (real data, or a
+    phantom written some other way)."""
+    from .dataset import RECIPE_NAME
+
+    recipe_path = data / RECIPE_NAME
+    if extra_videos <= 0 or not recipe_path.is_file():
+        return None
+    recipe = json.loads(recipe_path.read_text())
+    frames = int(recipe["num_frames"])
+    return {"out": str(out), "patients": int(recipe["num_patients"]), "seed": int(recipe["seed"]),
+            "views": ",".join(recipe["views"]), "frames": frames, "extra_videos": int(extra_videos),
+            "extra_frames": frames, "split": ",".join(str(f) for f in recipe["split_fractions"]),
+            "codec": recipe.get("codec", "mjpeg"), "phase": phase, "heart_rate": heart_rate, "quiet": quiet}
 
 
 def _run_stage(stage: str, opts: dict, threads: int | None) -> dict:
@@ -167,10 +208,16 @@ def run(args: argparse.Namespace) -> dict:
         preset.setdefault(stage, {}).update(opts)
     only = set(args.only.split(",")) if args.only else set(STAGES) | {"masks"}
     scaling, cache = work / "scaling.pt", work / "latents.pt"
+    lvfm_data, lvfm_cache = work / "lvfm_data", work / "latents_lvfm.pt"
     want_masks = args.phantom_masks if args.phantom_masks is not None else _is_phantom(data)
     parallel = args.jobs > 1
     quiet_stage = args.quiet or parallel  # parallel stages would interleave their progress bars
     common = {"device": args.device, "threads": args.threads, "seed": args.seed, "quiet": quiet_stage}
+    render = preset.get("lvfm_data", {})
+    lvfm_render = lvfm_data_options(data, lvfm_data, int(render.get("extra_videos", 0)), quiet_stage,
+                                    render.get("phase"), render.get("heart_rate"))
+    if lvfm_render is None and render.get("extra_videos", 0) and not args.quiet:
+        print(f"== lvfm_data: skipped ({data} has no dataset.json recipe); the LVFM trains on --data")
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
@@ -182,6 +229,16 @@ def run(args: argparse.Namespace) -> dict:
             if not want_masks or done.is_file() or "masks" not in only:
                 return None
             return {"data": str(data), "done": str(done)}
+        if stage == "lvfm_data":
+            if lvfm_render is None or (lvfm_data / "dataset.json").is_file() or not only & {"lvfm", stage}:
+                return None
+            return lvfm_render
+        if stage == "lvfm_latents":
+            if lvfm_render is None or lvfm_cache.is_file() or not only & {"lvfm", stage}:
+                return None
+            return {"data": str(lvfm_data), "vae": str(work / "vae"), "out": str(lvfm_cache),
+                    "splits": preset.get("lvfm", {}).get("splits", "TRAIN"), "device": args.device,
+                    "threads": args.threads, "quiet": quiet_stage, **preset.get("latents", {})}
         if stage == "latents":
             if cache.is_file() and scaling.is_file():
                 return None
@@ -195,6 +252,8 @@ def run(args: argparse.Namespace) -> dict:
         if stage not in only:
             return None
         extra = {"data": str(data)} if stage in ("vae", "ef") else {"latents": str(cache), "scaling": str(scaling)}
+        if stage == "lvfm" and lvfm_render is not None:
+            extra["latents"] = str(lvfm_cache)
         if stage == "reid":
             extra["bank_name"] = args.name
         opts = {**common, **preset.get(stage, {}), **extra, "out": str(folder)}
@@ -232,7 +291,8 @@ def run(args: argparse.Namespace) -> dict:
                 break
             stage = todo[0]
             if not args.quiet:
-                print(f"== {stage}: running -> {work / stage if stage not in ('latents', 'masks') else work}")
+                target = work if stage in ("latents", "masks", "lvfm_latents") else work / stage
+                print(f"== {stage}: running -> {target}", flush=True)
             started[stage] = time.perf_counter()
             finish(stage, _run_stage(stage, pending[stage], args.threads))
     else:

@@ -329,10 +329,25 @@ def fit_scaling(cache: dict, splits=("TRAIN",)) -> LatentScaler:
     return LatentScaler.fit(lat.mean.float())
 
 
+# Which latent frame conditions a training clip (see LatentSet.sample_clips).
+COND_FRAMES = ("random", "first")
+
+
+def shared_randn(shape: Sequence[int], gen: torch.Generator, group: int = 1) -> torch.Tensor:
+    """Standard normal noise of `shape` whose rows come in runs of `group` identical rows (`group` 1:
+    plain `torch.randn`). The first dimension must be a multiple of `group`."""
+    shape = tuple(int(n) for n in shape)
+    if group == 1:
+        return torch.randn(shape, generator=gen)
+    if shape[0] % group:
+        raise ValueError(f"shared_randn: {shape[0]} rows are not a multiple of the group size {group}")
+    return torch.randn((shape[0] // group, *shape[1:]), generator=gen).repeat_interleave(group, dim=0)
+
+
 @dataclass
 class Clip:
     video: torch.Tensor  # [B, C, T, h, w] scaled
-    cond: torch.Tensor  # [B, C, h, w] scaled, a frame of the same video
+    cond: torch.Tensor  # [B, C, h, w] scaled, a frame of the same video (noised)
     ef: torch.Tensor  # [B] fraction
     valid: torch.Tensor  # [B, T] bool (False on zero-padded frames)
 
@@ -435,6 +450,20 @@ class LatentSet:
         return self.frames(fa, gen), self.frames(fb, gen), positive.float()
 
     # -- LVFM --------------------------------------------------------------------------------------
+    def ef_partners(self, anchors: torch.Tensor, pool: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """For each anchor video, another video of `pool` with the same identity (uniformly; the anchor
+        itself when its identity has no other video in `pool`). With the phantom's LVFM set (the same
+        heart at 5 EFs) every partner is the same heart at another EF."""
+        in_pool = torch.zeros(len(self), dtype=torch.bool)
+        in_pool[pool] = True
+        out = torch.empty_like(anchors)
+        for i, a in enumerate(anchors.tolist()):
+            same = in_pool & (self.identity_index == self.identity_index[a])
+            same[a] = False
+            others = torch.nonzero(same).flatten()
+            out[i] = others[torch.randint(len(others), (1,), generator=gen)] if len(others) else a
+        return out
+
     def long_videos(self, num_frames: int, target_fps: float = TARGET_FPS) -> torch.Tensor:
         """Videos that cover `num_frames` frames at `target_fps`; all videos if none does (then clips are
         zero-padded and the padding is masked out of the loss)."""
@@ -443,12 +472,26 @@ class LatentSet:
         return ok if len(ok) else torch.arange(len(self))
 
     def sample_clips(self, batch: int, num_frames: int, gen: torch.Generator, target_fps: float = TARGET_FPS,
-                     noise_cond: float = 0.0) -> Clip:
+                     noise_cond: float = 0.0, cond_frame: str = "random", ef_pairs: bool = False) -> Clip:
         """Random windows of `num_frames` frames at `target_fps` (nearest-frame resampling) of the videos
         long enough for them (see `long_videos`; zero-padded with valid=False otherwise); cond = a random
-        frame of the same video."""
+        frame of the same video (`cond_frame="random"`, the reference's choice) or the window's first
+        frame (`"first"`: the video continues from the conditioning image).
+
+        `ef_pairs`: clips 2k and 2k + 1 are two videos of the same identity (the same heart in the same
+        view; see `ef_partners`) sharing the conditioning noise. Each clip is still a uniformly drawn
+        video, so a trainer's objective is unchanged; only the pair shares everything but the EF."""
+        if cond_frame not in COND_FRAMES:
+            raise ValueError(f"sample_clips: cond_frame must be one of {COND_FRAMES}, got {cond_frame!r}")
         pool = self.long_videos(num_frames, target_fps)
-        vids = pool[torch.randint(len(pool), (batch,), generator=gen)]
+        if ef_pairs:
+            if batch % 2:
+                raise ValueError(f"sample_clips: ef_pairs needs an even batch size, got {batch}")
+            anchors = pool[torch.randint(len(pool), (batch // 2,), generator=gen)]
+            partners = self.ef_partners(anchors, pool, gen)
+            vids = torch.stack([anchors, partners], 1).reshape(-1)
+        else:
+            vids = pool[torch.randint(len(pool), (batch,), generator=gen)]
         videos, conds, valid = [], [], []
         for v in vids.tolist():
             n = int(self.lengths[v])
@@ -461,12 +504,15 @@ class LatentSet:
             z = self.frames(pos, gen)  # [T, C, h, w]
             z = torch.where(ok[:, None, None, None], z, torch.zeros_like(z))
             videos.append(z.transpose(0, 1))
-            c_idx = int(self.offsets[v]) + int(torch.randint(n, (1,), generator=gen))
+            if cond_frame == "first":
+                c_idx = int(pos[0])
+            else:
+                c_idx = int(self.offsets[v]) + int(torch.randint(n, (1,), generator=gen))
             conds.append(self.frames(torch.tensor([c_idx]), gen)[0])
             valid.append(ok)
         cond = torch.stack(conds)
         if noise_cond > 0:
-            cond = cond + noise_cond * torch.randn(cond.shape, generator=gen)
+            cond = cond + noise_cond * shared_randn(cond.shape, gen, 2 if ef_pairs else 1)
         return Clip(torch.stack(videos), cond, self.ef[vids] / 100.0, torch.stack(valid))
 
 

@@ -30,6 +30,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-frames", type=int, default=16)
     parser.add_argument("--split", default="0.9,0.1,0.0", help="TRAIN,VAL,TEST fractions of the patients")
     parser.add_argument("--codec", default="mjpeg", choices=["mjpeg", "ffv1"])
+    parser.add_argument("--phase", type=float, default=None,
+                        help="start every video at this cycle fraction (0 = end-diastole); default random")
+    parser.add_argument("--heart-rate", type=float, default=None,
+                        help="render every video at this heart rate (bpm); default each patient's own")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -39,7 +43,10 @@ def run(args: argparse.Namespace) -> dict:
     split = tuple(float(x) for x in str(args.split).split(","))
     if len(split) != 3:
         raise SystemExit(f"error: --split needs three fractions TRAIN,VAL,TEST, got {args.split!r}")
-    common = {"seed": args.seed, "views": views, "split_fractions": split, "codec": args.codec}
+    phase = getattr(args, "phase", None)
+    heart_rate = getattr(args, "heart_rate", None)
+    common = {"seed": args.seed, "views": views, "split_fractions": split, "codec": args.codec,
+              "phase": phase, "heart_rate": heart_rate}
     bar = ProgressBar("phantom videos", enabled=not args.quiet)
     records = write_phantom_dataset(out, args.patients, videos_per_patient=1, num_frames=args.frames,
                                     progress=bar.update, **common)
@@ -58,6 +65,9 @@ def run(args: argparse.Namespace) -> dict:
         "extra_videos_per_patient": args.extra_videos,
         "extra_frames": args.extra_frames,
         "fps": 32.0,
+        "codec": args.codec,
+        "phase": phase,
+        "heart_rate": heart_rate,
         "bank_splits": ["TRAIN"],
         "videos": len(records),
         "splits": {s: sum(1 for r in records if r.split == s) for s in ("TRAIN", "VAL", "TEST")},

@@ -2,10 +2,16 @@
 
 Flow matching (spec 5.2) on random `frames`-long windows of cached latent videos resampled to 32 fps
 (zero-padded and masked out of the loss where a video is shorter). Conditioning:
-* the conditioning image = a random latent frame of the same video (+ `--noise-cond` Gaussian noise),
-  zeroed with probability `--p-drop-cond`;
+* the conditioning image = a random latent frame of the same video (`--cond-frame random`, the reference)
+  or the window's first frame (`--cond-frame first`: the video continues from the image), plus
+  `--noise-cond` Gaussian noise, zeroed with probability `--p-drop-cond`;
 * EF / 100 as the one-token caption, swapped for the null caption (`drop_ef`, the STDiT's `y_embedding`)
   with probability `class_dropout_prob` (`--p-drop-ef`), so EF guidance has an unconditional branch.
+
+`--ef-pairs` fills each batch with pairs of clips of the same heart (identity) that share the flow time and
+the noise: within a pair only the EF and the motion it causes differ, so the gradient that ties the EF
+token to the beat is no longer buried under the differences between hearts. Every clip is still a
+uniformly drawn video with its own uniformly drawn t, so the objective is the same.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from ..lvfm import DiffuserSTDiT, STDiTConfig
 from ..sampling import flow_matching_pair
 from .common import Run, add_common_args, clip_and_step
-from .data import TARGET_FPS
+from .data import COND_FRAMES, TARGET_FPS, shared_randn
 from .lifm import sample_t
 from .scaling_io import open_latent_set
 
@@ -40,6 +46,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--p-drop-ef", type=float, default=0.1, help="EF -> null caption (class_dropout_prob)")
     g.add_argument("--p-drop-cond", type=float, default=0.1, help="conditioning image -> zeros")
     g.add_argument("--noise-cond", type=float, default=0.05, help="noise added to the conditioning image")
+    g.add_argument("--cond-frame", default="random", choices=COND_FRAMES,
+                   help="which latent frame conditions a clip: a random frame of the video (the reference) "
+                        "or the clip's first frame (the generated video then starts from the image)")
     g.add_argument("--sigma-min", type=float, default=1e-5)
     g.add_argument("--t-sampling", default="uniform", choices=["uniform", "logit-normal"],
                    help="how flow times are drawn: U(0, 1) (spec) or sigmoid(N(0, 1)) (SD3; mid-t emphasis)")
@@ -51,6 +60,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--null-ef", type=float, default=-1.0,
                    help="value of the null caption y_embedding (the EF token of dropped/unconditional "
                         "samples); outside [0, 1] so it cannot be mistaken for a real EF")
+    g.add_argument("--caption-adaln", action="store_true",
+                   help="also feed the EF embedding into the AdaLN modulation of every block (config key "
+                        "caption_adaln, an extension of the released STDiT; see echoflow_models/lvfm.py)")
+    g.add_argument("--ef-pairs", action="store_true",
+                   help="batches of clip pairs of the same heart (at different EFs in a phantom LVFM set) "
+                        "sharing flow time and noise; needs an even --batch-size")
     g.add_argument("--splits", default="TRAIN")
     g.add_argument("--sample-latents", action="store_true")
 
@@ -69,6 +84,7 @@ def build_lvfm(args: argparse.Namespace, latent_channels: int, latent_size: int)
         class_dropout_prob=args.p_drop_ef,
         caption_channels=1,
         model_max_length=1,
+        caption_adaln=bool(getattr(args, "caption_adaln", False)),
     )
     model = DiffuserSTDiT(cfg)
     model.initialize_weights()
@@ -83,16 +99,17 @@ def build_lvfm(args: argparse.Namespace, latent_channels: int, latent_size: int)
 
 
 def masked_flow_loss(model, z0, cond, ef, drop_ef, valid, gen, sigma_min, device, autocast,
-                     t_sampling: str = "uniform", temporal_weight: float = 0.0):
-    """Spec 5.2 flow matching, frames outside `valid` ([B, T]) excluded from the mean.
+                     t_sampling: str = "uniform", temporal_weight: float = 0.0, share: int = 1):
+    """Spec 5.2 flow matching, frames outside `valid` ([B, T]) excluded from the mean; each run of
+    `share` consecutive samples uses one flow time and one noise draw (`--ef-pairs`: 2).
 
     `temporal_weight` w adds w x the squared error of the frame-varying part of the velocity error (the
     error minus its mean over the frames), normalised by 1 + w. Both terms are minimised by the same
     conditional expectation, so the optimum is unchanged; the extra term only gives the motion (a few per
     cent of a clip's variance, easily drowned by the static anatomy) a larger share of the gradient."""
     b = z0.shape[0]
-    noise = torch.randn(z0.shape, generator=gen).to(device)
-    t = sample_t(b, t_sampling, gen).to(device)
+    noise = shared_randn(z0.shape, gen, share).to(device)
+    t = sample_t(b // share, t_sampling, gen).repeat_interleave(share).to(device)
     z_t, target = flow_matching_pair(z0, noise, t, sigma_min)
     with autocast:
         v = model(z_t, t, ef, cond, drop_ef=drop_ef)
@@ -115,15 +132,19 @@ def run(args: argparse.Namespace) -> dict:
     run_.track({"model": model}, {"opt": opt})
     device = run_.device
     frames = args.train_frames or args.frames
+    ef_pairs = bool(getattr(args, "ef_pairs", False))
+    if ef_pairs and args.batch_size % 2:
+        raise SystemExit(f"error: --ef-pairs needs an even --batch-size, got {args.batch_size}")
     for _ in run_.steps():
-        clip = data.sample_clips(args.batch_size, frames, run_.gen, args.fps, args.noise_cond)
+        clip = data.sample_clips(args.batch_size, frames, run_.gen, args.fps, args.noise_cond,
+                                 getattr(args, "cond_frame", "random"), ef_pairs)
         b = clip.video.shape[0]
         drop_cond = torch.rand(b, generator=run_.gen) < args.p_drop_cond
         drop_ef = (torch.rand(b, generator=run_.gen) < args.p_drop_ef).to(device)
         cond = clip.cond * (~drop_cond).float()[:, None, None, None]
         loss = masked_flow_loss(model, clip.video.to(device), cond.to(device), clip.ef.to(device), drop_ef,
                                 clip.valid.to(device), run_.gen, args.sigma_min, device, run_.autocast(),
-                                args.t_sampling, args.temporal_weight)
+                                args.t_sampling, args.temporal_weight, 2 if ef_pairs else 1)
         gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
         run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
     return run_.finish()
