@@ -544,7 +544,7 @@ def write_phantom_dataset(
     ``View``, ``PatientSeed``. Re-running with the same arguments resumes: finished entries are skipped.
     ``progress(done, total)`` is called after each video.
     """
-    from .phantom import EF_RANGE, VIEWS, PatientAnatomy, render_video
+    from .phantom import EF_RANGE, HEART_RATE_RANGE, VIEWS, PatientAnatomy, render_video
 
     num_patients = int(num_patients)
     if num_patients < 1:
@@ -557,8 +557,9 @@ def write_phantom_dataset(
         raise ValueError(f"write_phantom_dataset: views must be a non-empty subset of {VIEWS}, got {views}")
     if phase is not None and not (0.0 <= float(phase) < 1.0):
         raise ValueError(f"write_phantom_dataset: phase must be a cycle fraction in [0, 1), got {phase}")
-    if heart_rate is not None and not (20.0 <= float(heart_rate) <= 240.0):
-        raise ValueError(f"write_phantom_dataset: heart_rate must be in [20, 240] bpm, got {heart_rate}")
+    hr_lo, hr_hi = HEART_RATE_RANGE
+    if heart_rate is not None and not (hr_lo <= float(heart_rate) <= hr_hi):
+        raise ValueError(f"write_phantom_dataset: heart_rate must be in [{hr_lo:g}, {hr_hi:g}] bpm, got {heart_rate}")
     lo, hi = float(ef_range[0]), float(ef_range[1])
     if not (EF_RANGE[0] <= lo <= hi <= EF_RANGE[1]):
         raise ValueError(f"write_phantom_dataset: ef_range must lie within {EF_RANGE}, got {tuple(ef_range)}")

@@ -82,6 +82,7 @@ FAN_HALF_ANGLE_DEG = 38.0
 FAN_RADIUS = 110.0
 LONG_AXIS_SHORTENING = 0.45  # long-axis fractional shortening per unit of short-axis shortening
 EF_RANGE = (10.0, 85.0)
+HEART_RATE_RANGE = (20.0, 240.0)  # bpm accepted by render_video
 
 # Heart coordinates (a, b) map to the image as row = a + _HEART_ROW0, column = b + _HEART_COL0 for an
 # un-rotated size-1 heart; size and rotation act about _PIVOT (heart coordinates).
@@ -893,8 +894,9 @@ def render_video(
     if not fps > 0:
         raise ValueError(f"render_video: fps must be > 0, got {fps}")
     hr = float(anatomy.heart_rate if heart_rate is None else heart_rate)
-    if not (20.0 <= hr <= 240.0):
-        raise ValueError(f"render_video: heart_rate must be in [20, 240] bpm, got {hr}")
+    lo, hi = HEART_RATE_RANGE
+    if not (lo <= hr <= hi):
+        raise ValueError(f"render_video: heart_rate must be in [{lo:g}, {hi:g}] bpm, got {hr}")
     num_frames = int(num_frames)
     fps = float(fps)
 

@@ -9,7 +9,7 @@
 #    -> LVFM -> EF regressor, each stage trained for the preset's step count (--max-minutes is only a
 #    safety cap). The LVFM trains on its own clips of the same patients (stages lvfm_data + lvfm_latents:
 #    5 EFs per patient and view, 64 frames starting at end-diastole at 75 bpm; docs/training.md says why);
-#    about 90 min on 2 CPU cores (docs/training.md);
+#    about 85 min on 2 CPU cores, estimated from the stage times (docs/training.md);
 # 3. exports the released layout in float16 and replaces OUT only once everything succeeded.
 #
 # Environment: JOBS (stages run side by side, default 2) x THREADS (torch threads per stage, default 1):

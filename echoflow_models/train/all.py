@@ -33,6 +33,7 @@ from ..checkpoint import REID_WEIGHTS_NAME, WEIGHTS_NAME
 from ..progress import format_seconds
 from ..reid import DEFAULT_TAU
 from .common import namespace_for
+from .dataset import RECIPE_NAME
 
 VIEWS = ("A4C", "PSAX", "PLAX")
 
@@ -158,8 +159,6 @@ def lvfm_data_options(data: Path, out: Path, extra_videos: int, quiet: bool, pha
     """`train dataset` options re-rendering --data's phantom patients at more EFs (starting at `phase`, at
     `heart_rate` bpm when given), or None when --data has no `dataset.json` recipe (real data, or a
     phantom written some other way)."""
-    from .dataset import RECIPE_NAME
-
     recipe_path = data / RECIPE_NAME
     if extra_videos <= 0 or not recipe_path.is_file():
         return None
@@ -221,6 +220,11 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
+    def encode_options(source: Path, out: Path, **more) -> dict:
+        """`train latents` options encoding `source` with this run's A-VAE into `out`."""
+        return {"data": str(source), "vae": str(work / "vae"), "out": str(out), **more, "device": args.device,
+                "threads": args.threads, "quiet": quiet_stage, **preset.get("latents", {})}
+
     def options(stage: str) -> dict | None:
         """Arguments of a stage that still has to run, or None when it is finished (or not wanted)."""
         folder = work / stage
@@ -230,21 +234,17 @@ def run(args: argparse.Namespace) -> dict:
                 return None
             return {"data": str(data), "done": str(done)}
         if stage == "lvfm_data":
-            if lvfm_render is None or (lvfm_data / "dataset.json").is_file() or not only & {"lvfm", stage}:
+            if lvfm_render is None or (lvfm_data / RECIPE_NAME).is_file() or not only & {"lvfm", stage}:
                 return None
             return lvfm_render
         if stage == "lvfm_latents":
             if lvfm_render is None or lvfm_cache.is_file() or not only & {"lvfm", stage}:
                 return None
-            return {"data": str(lvfm_data), "vae": str(work / "vae"), "out": str(lvfm_cache),
-                    "splits": preset.get("lvfm", {}).get("splits", "TRAIN"), "device": args.device,
-                    "threads": args.threads, "quiet": quiet_stage, **preset.get("latents", {})}
+            return encode_options(lvfm_data, lvfm_cache, splits=preset.get("lvfm", {}).get("splits", "TRAIN"))
         if stage == "latents":
             if cache.is_file() and scaling.is_file():
                 return None
-            return {"data": str(data), "vae": str(work / "vae"), "out": str(cache), "scaling_out": str(scaling),
-                    "device": args.device, "threads": args.threads, "quiet": quiet_stage,
-                    **preset.get("latents", {})}
+            return encode_options(data, cache, scaling_out=str(scaling))
         finished = _stage_done(folder)
         if finished is not None:
             results[stage] = finished
@@ -358,7 +358,7 @@ def export(args: argparse.Namespace, work: Path, out: Path, results: dict, timin
             tau = float(calibration.get("chosen", {}).get("tau", DEFAULT_TAU))
         gates = {v: {"reid": names["reid"], "banks": [bank.name], "tau": tau} for v in VIEWS}
         (out / "gates.json").write_text(json.dumps(gates, indent=2) + "\n")
-    recipe = Path(args.data) / "dataset.json"
+    recipe = Path(args.data) / RECIPE_NAME
     if recipe.is_file():  # which phantom patients the bank holds, for the privacy evaluation
         shutil.copy2(recipe, out / "training_data.json")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -393,7 +393,7 @@ def _brief(result: dict) -> dict:
 
 def _dataset_info(data: Path) -> dict:
     info: dict = {"path": str(data)}
-    spec = data / "dataset.json"
+    spec = data / RECIPE_NAME
     if spec.is_file():
         info.update(json.loads(spec.read_text()))
     return info

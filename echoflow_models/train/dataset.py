@@ -43,10 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     split = tuple(float(x) for x in str(args.split).split(","))
     if len(split) != 3:
         raise SystemExit(f"error: --split needs three fractions TRAIN,VAL,TEST, got {args.split!r}")
-    phase = getattr(args, "phase", None)
-    heart_rate = getattr(args, "heart_rate", None)
     common = {"seed": args.seed, "views": views, "split_fractions": split, "codec": args.codec,
-              "phase": phase, "heart_rate": heart_rate}
+              "phase": args.phase, "heart_rate": args.heart_rate}
     bar = ProgressBar("phantom videos", enabled=not args.quiet)
     records = write_phantom_dataset(out, args.patients, videos_per_patient=1, num_frames=args.frames,
                                     progress=bar.update, **common)
@@ -66,8 +64,8 @@ def run(args: argparse.Namespace) -> dict:
         "extra_frames": args.extra_frames,
         "fps": 32.0,
         "codec": args.codec,
-        "phase": phase,
-        "heart_rate": heart_rate,
+        "phase": args.phase,
+        "heart_rate": args.heart_rate,
         "bank_splits": ["TRAIN"],
         "videos": len(records),
         "splits": {s: sum(1 for r in records if r.split == s) for s in ("TRAIN", "VAL", "TEST")},

@@ -84,17 +84,17 @@ def build_lvfm(args: argparse.Namespace, latent_channels: int, latent_size: int)
         class_dropout_prob=args.p_drop_ef,
         caption_channels=1,
         model_max_length=1,
-        caption_adaln=bool(getattr(args, "caption_adaln", False)),
+        caption_adaln=bool(args.caption_adaln),
     )
     model = DiffuserSTDiT(cfg)
     model.initialize_weights()
     y = model.model.y_embedder
     if y is not None:
-        torch.nn.init.normal_(y.y_proj.fc1.weight, std=getattr(args, "ef_init_std", 1.0))
-        torch.nn.init.normal_(y.y_proj.fc1.bias, std=0.5 * getattr(args, "ef_init_std", 1.0))
+        torch.nn.init.normal_(y.y_proj.fc1.weight, std=args.ef_init_std)
+        torch.nn.init.normal_(y.y_proj.fc1.bias, std=0.5 * args.ef_init_std)
         torch.nn.init.xavier_uniform_(y.y_proj.fc2.weight)
         with torch.no_grad():
-            y.y_embedding.fill_(getattr(args, "null_ef", -1.0))
+            y.y_embedding.fill_(args.null_ef)
     return model
 
 
@@ -132,19 +132,19 @@ def run(args: argparse.Namespace) -> dict:
     run_.track({"model": model}, {"opt": opt})
     device = run_.device
     frames = args.train_frames or args.frames
-    ef_pairs = bool(getattr(args, "ef_pairs", False))
-    if ef_pairs and args.batch_size % 2:
+    if args.ef_pairs and args.batch_size % 2:
         raise SystemExit(f"error: --ef-pairs needs an even --batch-size, got {args.batch_size}")
+    share = 2 if args.ef_pairs else 1  # the clips of a pair share flow time and noise
     for _ in run_.steps():
         clip = data.sample_clips(args.batch_size, frames, run_.gen, args.fps, args.noise_cond,
-                                 getattr(args, "cond_frame", "random"), ef_pairs)
+                                 args.cond_frame, args.ef_pairs)
         b = clip.video.shape[0]
         drop_cond = torch.rand(b, generator=run_.gen) < args.p_drop_cond
         drop_ef = (torch.rand(b, generator=run_.gen) < args.p_drop_ef).to(device)
         cond = clip.cond * (~drop_cond).float()[:, None, None, None]
         loss = masked_flow_loss(model, clip.video.to(device), cond.to(device), clip.ef.to(device), drop_ef,
                                 clip.valid.to(device), run_.gen, args.sigma_min, device, run_.autocast(),
-                                args.t_sampling, args.temporal_weight, 2 if ef_pairs else 1)
+                                args.t_sampling, args.temporal_weight, share)
         gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
         run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
     return run_.finish()
