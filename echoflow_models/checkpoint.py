@@ -33,6 +33,10 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 REID_WEIGHTS_NAME = "backbone.safetensors"
 DIFFUSERS_VERSION = "0.30.3"
 REID_CLASS = "ReID"
+# Optional, beside a video model's config: sampling defaults measured for that model (not part of the
+# release; `echoflow tune-guidance` writes it). Only "guidance" is read.
+SAMPLING_NAME = "sampling.json"
+MAX_GUIDANCE = 20.0
 
 # Classes that EchoFlow's codebase defines but this package does not implement (yet).
 KNOWN_UNSUPPORTED = {
@@ -175,6 +179,22 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     )
 
 
+def read_recommended_guidance(folder: str | Path) -> float | None:
+    """The EF guidance a model folder's `sampling.json` recommends, or None when it has none."""
+    path = Path(folder) / SAMPLING_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc}); fix or delete the file") from exc
+    value = data.get("guidance") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= MAX_GUIDANCE:
+        raise CheckpointError(f"{path}: \"guidance\" must be a number in [0, {MAX_GUIDANCE:g}], got {value!r}; "
+                              "fix or delete the file (`echoflow tune-guidance --write` re-creates it)")
+    return float(value)
+
+
 def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
@@ -200,6 +220,8 @@ def load_model(
     check_state_dict(model, state, str(weights))
     model.load_state_dict(state, strict=True)
     model.source_folder = str(folder)
+    if class_name != REID_CLASS:
+        model.recommended_guidance = read_recommended_guidance(folder)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

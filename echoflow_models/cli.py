@@ -50,6 +50,7 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .checkpoint import MAX_GUIDANCE
     from .pipeline import EchoFlowPipeline, PrivacyGateError
     from .progress import ProgressBar
     from .video_io import write_avi, write_mp4
@@ -59,6 +60,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {out} exists; pass --overwrite or choose another --out")
     if not 0 <= args.ef <= 100:
         raise SystemExit(f"error: --ef is a percentage in [0, 100], got {args.ef}")
+    if args.guidance is not None and not 0 <= args.guidance <= MAX_GUIDANCE:
+        raise SystemExit(f"error: --guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance}")
     device = pick_device(args.device)
     start = time.perf_counter()
     pipe = EchoFlowPipeline.from_folder(
@@ -85,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     metadata = {
         "generator": "EchoFlow (comfyui-echoflow)", "view": result.view, "ef": result.ef, "seed": result.seed,
         "image_steps": args.image_steps, "video_steps": args.video_steps, "solver": args.solver,
-        "guidance": args.guidance, "weights": str(args.weights or "bundled phantom demo"),
+        "guidance": result.guidance, "weights": str(args.weights or "bundled phantom demo"),
         "privacy": result.report.to_dict(),
     }
     write_mp4(out, frames, fps=args.fps or result.fps, metadata=metadata, overwrite=args.overwrite)
@@ -97,7 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"nearest bank row {item.nearest_index} of {result.report.bank_size}, {result.tries} tr"
           f"{'y' if result.tries == 1 else 'ies'}, seed {result.seed})")
     print(f"video: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} at {args.fps or result.fps:g} fps, "
-          f"view {result.view}, EF {result.ef:g} % -> {out}")
+          f"view {result.view}, EF {result.ef:g} %, EF guidance {result.guidance:g} -> {out}")
     t = result.timings
     print(f"timings: load {load_s:.2f}s, image {t['image_s']:.2f}s, gate {t['gate_s']:.3f}s, "
           f"video {t['video_s']:.2f}s, decode {t['decode_s']:.2f}s, total {total:.2f}s on {device}")
@@ -138,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image-steps", type=int, default=50)
     gen.add_argument("--video-steps", type=int, default=50)
     gen.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"])
-    gen.add_argument("--guidance", type=float, default=1.0, help="EF guidance scale (1 = off, as the demo)")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="EF guidance scale, 1 = off (default: the video model's recommended value from its "
+                          "sampling.json, e.g. the bundled demo's tuned one; 1 for the released weights)")
     gen.add_argument("--tau", type=float, default=None, help="privacy threshold (default: the weights' own)")
     gen.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
     gen.add_argument("--max-tries", type=int, default=8, help="new latent images to try while the gate rejects")

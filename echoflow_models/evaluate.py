@@ -21,13 +21,13 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import MAX_GUIDANCE, SAMPLING_NAME, load_model
 from .echonet import EchoNetWriter, load_echonet_videos, read_filelist, write_phantom_dataset
 from .metrics import psnr, regression_metrics, ssim
 from .phantom import PatientAnatomy, render_video
@@ -55,7 +55,8 @@ class EvalSizes:
     regressor_steps: int = 600
     image_steps: int = 50
     video_steps: int = 50
-    guidance: float = 1.0  # EF classifier-free guidance of every generated video (1 = none)
+    # EF classifier-free guidance of every generated video (1 = none); None: the LVFM's recommended value
+    guidance: float | None = None
 
     @classmethod
     def quick(cls) -> EvalSizes:
@@ -310,6 +311,8 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
     if not ef_folders:
         raise FileNotFoundError(f"no EF regressor under {root / 'ef'}; the EF fidelity check needs one")
     regressor = load_model(next(iter(ef_folders.values())))
+    if sizes.guidance is None:
+        sizes = replace(sizes, guidance=pipe.default_guidance)
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="echoflow-eval-")) if own_work else Path(work)
     report: dict = {"weights": str(root), "view": view, "seed": seed, "sizes": asdict(sizes)}
@@ -333,6 +336,67 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the EF guidance on validation seeds
+# ----------------------------------------------------------------------------------------------------
+
+# Seeds of the guidance search: disjoint from every seed `evaluate` uses (fidelity seed + i, response
+# seed + 100 + i, synthetic seed * 1000 + i, privacy seed + 10000 + i, for seeds below 40), so the
+# guidance is chosen on other videos than those it is reported on.
+GUIDANCE_TUNING_SEED = 50_000
+
+
+def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates: list[float], videos: int,
+                  view: str = "A4C", seed: int = GUIDANCE_TUNING_SEED, image_steps: int = 50,
+                  video_steps: int = 50, quiet: bool = False) -> dict:
+    """EF fidelity (as in `evaluate`) of `videos` generated videos per candidate guidance, with the same
+    seeds for every candidate; the winner has the lowest MAE (ties: the smaller guidance)."""
+    if not candidates or any(not 0.0 <= g <= MAX_GUIDANCE for g in candidates):
+        raise ValueError(f"guidance candidates must be a non-empty list in [0, {MAX_GUIDANCE:g}], got {candidates}")
+    if videos < 3:
+        raise ValueError(f"tune_guidance needs at least 3 videos per candidate for a correlation, got {videos}")
+    table = {}
+    for g in candidates:
+        sizes = EvalSizes(fidelity_videos=videos, image_steps=image_steps, video_steps=video_steps, guidance=g)
+        fidelity = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet)
+        table[f"{g:g}"] = {k: fidelity[k] for k in ("mae", "pearson_r", "rmse", "measured")}
+    best = min(candidates, key=lambda g: (table[f"{g:g}"]["mae"], g))
+    return {"guidance": float(best), "criterion": "lowest EF MAE of generated vs requested EF (20-80 %)",
+            "view": view, "seed": seed, "videos": videos, "steps": {"image": image_steps, "video": video_steps},
+            "requested": np.linspace(20.0, 80.0, videos).round(2).tolist(), "candidates": table}
+
+
+def cmd_tune_guidance(args: argparse.Namespace) -> int:
+    root = Path(args.weights) if args.weights else default_weights_root()
+    try:
+        candidates = [float(x) for x in args.candidates.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --candidates must be comma-separated numbers, got {args.candidates!r}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = EchoFlowPipeline.from_folder(root, lvfm=args.lvfm, views=[args.view], device="cpu")
+    ef_folders = find_model_folders(root, "ef")
+    if not ef_folders:
+        raise SystemExit(f"error: no EF regressor under {root / 'ef'}; choosing the guidance needs one")
+    regressor_folder = next(iter(ef_folders.values()))
+    try:
+        result = tune_guidance(pipe, load_model(regressor_folder), candidates, args.videos, args.view,
+                               args.seed, args.image_steps, args.video_steps, args.quiet)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    result["regressor"] = str(Path(regressor_folder).relative_to(root))
+    for g, row in result["candidates"].items():
+        print(f"guidance {g:>5}: EF MAE {row['mae']:6.2f}, r {row['pearson_r']:.3f}")
+    target = Path(pipe.lvfm.source_folder) / SAMPLING_NAME
+    print(f"best: guidance {result['guidance']:g}")
+    if args.write:
+        target.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {target} (now the default guidance of this video model)")
+    else:
+        print(f"(not written; --write saves it to {target})")
+    return 0
 
 
 def markdown_table(report: dict) -> str:
@@ -392,8 +456,27 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fidelity-videos", type=int, default=None)
     p.add_argument("--regressor-steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None,
-                   help="EF classifier-free guidance for every generated video (default 1 = none)")
+                   help="EF classifier-free guidance for every generated video, 1 = none (default: the "
+                        "video model's recommended value from its sampling.json, else 1)")
     p.add_argument("--work", default=None, help="keep the generated datasets here (default: a temp dir)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    t = subparsers.add_parser(
+        "tune-guidance", help="choose a video model's EF guidance on validation seeds -> its sampling.json",
+        description="Generates --videos videos at EFs evenly spread over 20-80 %% for every candidate guidance "
+                    "(the same seeds for each, disjoint from `evaluate`'s), measures their EF with the weights' "
+                    "EF regressor and picks the lowest MAE. --write stores it as the video model's default.")
+    t.add_argument("--weights", default=None, help="weights root (default: the bundled phantom demo weights)")
+    t.add_argument("--lvfm", default=None, help="video flow folder name under lvfm/")
+    t.add_argument("--view", default="A4C", type=str.upper, choices=["A4C", "PSAX", "PLAX"])
+    t.add_argument("--candidates", default="1,2,3,4,5,6,8", help="comma-separated guidance values")
+    t.add_argument("--videos", type=int, default=16, help="videos per candidate")
+    t.add_argument("--seed", type=int, default=GUIDANCE_TUNING_SEED)
+    t.add_argument("--image-steps", type=int, default=50)
+    t.add_argument("--video-steps", type=int, default=50)
+    t.add_argument("--write", action="store_true", help="save the choice as the model's sampling.json")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_tune_guidance)

@@ -729,7 +729,8 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--image-steps", type=int, default=50)
     g.add_argument("--video-steps", type=int, default=50)
     g.add_argument("--solver", default="euler")
-    g.add_argument("--guidance", type=float, default=1.0)
+    g.add_argument("--guidance", type=float, default=None,
+                   help="EF guidance, 1 = off (default: the video model's recommended value, else 1)")
     g.add_argument("--tau", type=float, default=None, help="privacy threshold (default: the gate's)")
     g.add_argument("--similarity", default="pearson")
     g.add_argument("--seed", type=int, default=0, help="base seed; candidate k uses seed + k")

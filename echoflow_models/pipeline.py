@@ -101,6 +101,7 @@ class GenerationResult:
     view: str
     fps: float
     timings: dict[str, float] = field(default_factory=dict)
+    guidance: float = 1.0  # the EF guidance the video was sampled with
 
 
 class EchoFlowPipeline:
@@ -191,6 +192,13 @@ class EchoFlowPipeline:
         size = IMAGE_SIZE // vae.downscale_factor
         return (vae.latent_channels, size, size)
 
+    @property
+    def default_guidance(self) -> float:
+        """The EF guidance used when none is given: the LVFM's recommendation (its `sampling.json`, e.g. the
+        bundled demo's value tuned on validation seeds), else 1 (off, as the reference demo)."""
+        recommended = getattr(self.lvfm, "recommended_guidance", None)
+        return float(recommended) if recommended is not None else 1.0
+
     def _require(self, model: torch.nn.Module | None, what: str) -> torch.nn.Module:
         if model is None:
             raise RuntimeError(f"this pipeline was built without the {what}; load one first")
@@ -251,7 +259,7 @@ class EchoFlowPipeline:
         ef: float | Sequence[float] | torch.Tensor,
         steps: int = 50,
         solver: str = "euler",
-        guidance: float = 1.0,
+        guidance: float | None = None,
         seed: int = 0,
         callback: StepCallback | None = None,
         num_frames: int | None = None,
@@ -260,9 +268,11 @@ class EchoFlowPipeline:
 
         Guidance != 1 contrasts the EF-conditioned velocity with the null-EF one: the same conditioning
         image with the EF token replaced by the checkpoint's null caption (`y_embedding`), which is what
-        the STDiT saw for the `class_dropout_prob` share of training steps.
+        the STDiT saw for the `class_dropout_prob` share of training steps. None: `default_guidance`.
         """
         lvfm = self._require(self.lvfm, "video flow model (LVFM)")
+        if guidance is None:
+            guidance = self.default_guidance
         if latents.ndim != 4 or latents.shape[1] != lvfm.latent_channels:
             raise ValueError(
                 f"animate expects latent images [B, {lvfm.latent_channels}, h, w], got {tuple(latents.shape)}"
@@ -329,7 +339,7 @@ class EchoFlowPipeline:
         image_steps: int = 50,
         video_steps: int = 50,
         solver: str = "euler",
-        guidance: float = 1.0,
+        guidance: float | None = None,
         mask: torch.Tensor | np.ndarray | Image.Image | None = None,
         max_tries: int = 8,
         progress: Callable[[str], StepCallback | None] | None = None,
@@ -337,7 +347,10 @@ class EchoFlowPipeline:
         """The whole chain for one video, retrying the latent image with new seeds while the gate rejects.
 
         `progress(stage)` may return a step callback for each stage ("image", "video", "decode").
+        `guidance` None: the LVFM's recommended EF guidance (`default_guidance`).
         """
+        if guidance is None:
+            guidance = self.default_guidance
 
         def stage(name: str) -> StepCallback | None:
             return progress(name) if progress is not None else None
@@ -378,4 +391,5 @@ class EchoFlowPipeline:
             view=VIEWS[view_index(view)],
             fps=self.fps,
             timings=timings,
+            guidance=float(guidance),
         )

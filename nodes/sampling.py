@@ -130,7 +130,9 @@ class EchoFlowAnimate:
                 "solver": (_solvers(), {"default": "euler", "tooltip": SOLVER_TIP}),
                 "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
                                        "tooltip": "Classifier-free guidance on the EF: 1 = off (the reference "
-                                       "default); >1 follows the EF more strongly at twice the cost."}),
+                                       "default); >1 follows the EF more strongly at twice the cost. A video "
+                                       "model's sampling.json records the value tuned for it (the shipped "
+                                       "workflows use the bundled demo's)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                                  "tooltip": SEED_TIP}),
             }

@@ -8,9 +8,13 @@
 # 2. `echoflow train all --preset phantom`: A-VAE -> latent cache + scaling.pt -> LIFM -> ReID + bank + tau
 #    -> LVFM -> EF regressor, each stage trained for the preset's step count (--max-minutes is only a
 #    safety cap). The LVFM trains on its own clips of the same patients (stages lvfm_data + lvfm_latents:
-#    5 EFs per patient and view, 64 frames starting at end-diastole at 75 bpm; docs/training.md says why);
-#    about 85 min on 2 CPU cores, estimated from the stage times (docs/training.md);
-# 3. exports the released layout in float16 and replaces OUT only once everything succeeded.
+#    5 EFs per patient and view, 64 frames starting at end-diastole at 75 bpm; docs/training.md says why),
+#    and the LIFM learns their first (end-diastolic) frames; about 3 h on 2 CPU cores, most of it the
+#    LVFM's 18000 steps, estimated from the stage times (docs/training.md);
+# 3. exports the released layout in float16;
+# 4. `echoflow tune-guidance --write`: chooses the LVFM's EF guidance on validation seeds (the lowest EF
+#    MAE of generated vs requested EF) and stores it beside the LVFM as sampling.json, its default guidance;
+# 5. replaces OUT only once everything succeeded.
 #
 # Environment: JOBS (stages run side by side, default 2) x THREADS (torch threads per stage, default 1):
 # two single-threaded stages use two cores without the slowdown of oversubscribed multi-threaded ops;
@@ -36,6 +40,7 @@ echo "work folder: $WORK (jobs $JOBS x threads $THREADS, device $DEVICE, steps s
 "$PY" -m echoflow_models train all --data "$WORK/data" --work "$WORK/runs" --out "$WORK/export" \
     --preset phantom --fp16 --jobs "$JOBS" --threads "$THREADS" --device "$DEVICE" --time-scale "$TIME_SCALE" \
     --steps-scale "$STEPS_SCALE" --seed 0
+"$PY" -m echoflow_models tune-guidance --weights "$WORK/export" --threads $(( JOBS * THREADS )) --quiet --write
 
 rm -rf "$OUT.new"
 mkdir -p "$(dirname "$OUT")"

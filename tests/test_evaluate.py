@@ -75,3 +75,37 @@ def test_regressor_input_is_grey_in_minus_one_to_one():
     x = frames_to_regressor_input(frames)
     assert x.shape == (1, 3, 4, 8, 8)
     assert float(x.max()) == pytest.approx(255 / 128 - 1) and float(x.min()) == pytest.approx(255 / 128 - 1)
+
+
+@pytest.mark.slow
+def test_tune_guidance_writes_the_lowest_mae_choice_as_the_models_default(tmp_path):
+    """`echoflow tune-guidance --write` measures every candidate on the same validation seeds and stores
+    the lowest-MAE one beside the video model, where the pipeline picks it up as its default."""
+    import shutil
+
+    from echoflow_models.pipeline import EchoFlowPipeline
+
+    bundled = bundled_weights_root()
+    root = tmp_path / "weights"
+    root.mkdir()
+    for item in bundled.iterdir():  # everything shared, except a private copy of lvfm/ to write into
+        if item.name == "lvfm":
+            shutil.copytree(item, root / "lvfm")
+        else:
+            (root / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    for folder in (root / "lvfm").iterdir():
+        (folder / "sampling.json").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "echoflow_models", "tune-guidance", "--weights", str(root), "--candidates",
+           "1,4", "--videos", "3", "--image-steps", "2", "--video-steps", "2", "--threads", "1", "--quiet",
+           "--write"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (folder,) = (root / "lvfm").iterdir()
+    chosen = json.loads((folder / "sampling.json").read_text())
+    table = chosen["candidates"]
+    assert set(table) == {"1", "4"} and all(len(row["measured"]) == 3 for row in table.values())
+    assert chosen["guidance"] == min((1.0, 4.0), key=lambda g: (table[f"{g:g}"]["mae"], g))
+    assert chosen["seed"] == 50_000 and chosen["regressor"].startswith("ef/")
+    assert EchoFlowPipeline.from_folder(root, views=["A4C"]).default_guidance == chosen["guidance"]
+    bad = subprocess.run([*cmd[:7], "1,x"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--candidates" in bad.stderr

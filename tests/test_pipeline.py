@@ -97,3 +97,29 @@ def test_low_precision_runs_and_decode_stays_finite(tiny_root, dtype):
     video = pipe.animate(image, 55.0, steps=2)
     assert torch.isfinite(video).all()
     assert pipe.decode(video).shape == (1, 8, 112, 112, 3)
+
+
+def test_default_guidance_is_the_lvfm_recommendation(tiny_root, tmp_path):
+    """A video model's sampling.json sets the guidance used when none is given; without one it is 1 (off)."""
+    import json
+    import shutil
+
+    from echoflow_models.checkpoint import CheckpointError
+
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_root, root)
+    plain = EchoFlowPipeline.from_folder(root)
+    assert plain.default_guidance == 1.0
+    (root / "lvfm" / "tiny" / "sampling.json").write_text(json.dumps({"guidance": 2.5}))
+    tuned = EchoFlowPipeline.from_folder(root)
+    assert tuned.default_guidance == 2.5
+    image = tuned.sample_images("A4C", steps=2, seed=1)
+    default = tuned.animate(image, 40.0, steps=2, seed=1)
+    torch.testing.assert_close(default, tuned.animate(image, 40.0, steps=2, seed=1, guidance=2.5))
+    assert not torch.allclose(default, tuned.animate(image, 40.0, steps=2, seed=1, guidance=1.0))
+    result = tuned.generate("A4C", 40.0, seed=1, image_steps=2, video_steps=2)
+    assert result.guidance == 2.5
+    for bad in ({"guidance": -1}, {"guidance": "high"}, {"steps": 5}, [2.0]):
+        (root / "lvfm" / "tiny" / "sampling.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match="sampling.json.*guidance"):
+            EchoFlowPipeline.from_folder(root)

@@ -126,6 +126,37 @@ def test_clips_can_be_conditioned_on_their_first_frame(tiny_cache):
         data.sample_clips(1, 8, torch.Generator(), cond_frame="last")
 
 
+def test_images_can_be_only_the_first_frame_of_each_video(tiny_cache):
+    cache, _ = tiny_cache
+    data = LatentSet(load_latent_cache(cache), "TRAIN")
+    z, views, _, _ = data.sample_images(32, torch.Generator().manual_seed(0), "first")
+    firsts = data.frames(data.offsets[:-1])
+    for image, view in zip(z, views, strict=True):  # every image is some video's first frame, with that video's view
+        match = [i for i in range(len(firsts)) if torch.equal(image, firsts[i])]
+        assert match and int(data.views[match[0]]) == int(view)
+    anywhere, _, _, _ = data.sample_images(32, torch.Generator().manual_seed(0), "all")
+    assert not all(any(torch.equal(a, f) for f in firsts) for a in anywhere)
+    with pytest.raises(ValueError, match="frames"):
+        data.sample_images(1, torch.Generator(), "middle")
+
+
+def test_phantom_masks_follow_the_recipe_phase_and_heart_rate(tmp_path):
+    """A dataset rendered at a fixed phase and heart rate (`train dataset --phase --heart-rate`) gets its
+    masks re-rendered the same way (the writer refuses a re-render that does not match the video)."""
+    from echoflow_models.phantom import PatientAnatomy, render_video
+    from echoflow_models.train.data import write_phantom_masks
+
+    data = tmp_path / "ds"
+    train("dataset", out=str(data), patients=2, seed=5, views="A4C", frames=8, extra_videos=0, phase=0.0,
+          heart_rate=75.0, split="1,0,0", quiet=True)
+    assert write_phantom_masks(data, "TRAIN", max_frames=4) == 2
+    rec = select_records(data, ("TRAIN",))[0]
+    masks = dict(__import__("numpy").load(data / "Masks" / f"{rec.file_name}.npz"))
+    video = render_video(PatientAnatomy.sample(int(rec.extra["PatientSeed"]), "A4C"), rec.ef, num_frames=4,
+                         fps=rec.fps, phase=0.0, seed=0, heart_rate=75.0)
+    assert (masks["masks"][:4] == video.lv_masks).all() and masks["has_mask"].tolist() == [True] * 4 + [False] * 4
+
+
 def test_resume_reproduces_an_uninterrupted_run(tiny_cache, tmp_path):
     cache, scaling = tiny_cache
     opts = {**TINY["lifm"], "latents": str(cache), "scaling": str(scaling), "threads": 1, "quiet": True,
@@ -193,6 +224,10 @@ def test_train_all_exports_a_loadable_weights_root(tmp_path):
     assert load_model(out / "lvfm" / "phantom-stdit").config.caption_adaln is True
     lvfm_cache = torch.load(work / "latents_lvfm.pt")
     assert set(lvfm_cache["splits"]) == {"TRAIN"} and len(lvfm_cache["splits"]) == 3 * 2 * 2
+    assert lvfm_cache["has_mask"].any()  # the clips carry LV masks for the LIFM's mask channel
+    # the LIFM learned the clips' first frames (end-diastole), the frames the LVFM animates
+    lifm_args = json.loads((work / "lifm" / "training" / "args.json").read_text())
+    assert lifm_args["latents"] == str(work / "latents_lvfm.pt") and lifm_args["frames"] == "first"
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
     info = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(out)], check=True,

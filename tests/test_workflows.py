@@ -151,6 +151,19 @@ def test_ui_workflow_matches_node_definitions(path, info):
             assert node["widgets_values"][0] == "demo"
 
 
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_workflows_animate_with_the_bundled_video_models_guidance(path):
+    """The shipped workflows load the demo weights, so they use the guidance tuned for the demo LVFM."""
+    from echoflow_models.checkpoint import read_recommended_guidance
+    from echoflow_models.weights import bundled_weights_root
+
+    (lvfm_folder,) = (bundled_weights_root() / "lvfm").iterdir()
+    recommended = read_recommended_guidance(lvfm_folder)
+    assert recommended is not None, f"{lvfm_folder} has no sampling.json (run `echoflow tune-guidance --write`)"
+    animate = [n for n in json.loads(path.read_text()).values() if n["class_type"] == "EchoFlowAnimate"]
+    assert animate and all(n["inputs"]["guidance"] == recommended for n in animate)
+
+
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_agrees_with_its_api_twin(path, info):
     ui = json.loads(path.read_text())

@@ -5,7 +5,8 @@
 For a phantom dataset made by `echoflow train dataset` (its `dataset.json` recipe beside the FileList), the
 preset can give the LVFM its own training set: the same patients, views and splits, each rendered at
 `lvfm_data.extra_videos` more EFs at full length (stage `lvfm_data`), encoded with the trained A-VAE
-(stage `lvfm_latents`, normalised with the main cache's scaling.pt).
+(stage `lvfm_latents`, normalised with the main cache's scaling.pt, with LV masks). With `lifm.frames`
+"first" the LIFM learns those clips' first frames too, so it generates the phase the LVFM animates.
 
 Each stage trains into `WORK/<stage>/` and is skipped when it already finished (its
 `training/summary.json` exists), so re-running the same command after an interruption continues where it
@@ -46,17 +47,20 @@ PRESETS: dict[str, dict[str, dict]] = {
                 "steps": 1500, "max_minutes": 30.0, "lr": 5e-4, "frames_per_video": 32, "disc_start": 0.6,
                 "disc_weight": 0.1, "amp": "bf16"},
         "latents": {"amp": "bf16"},
+        # frames "first": the LIFM learns the LVFM clips' first frames (end-diastole), the frames the LVFM
+        # learned to animate; with any frame of --data it samples every phase and an ES-like image is
+        # animated as if it were end-diastolic (measured about 7 EF points lower)
         "lifm": {"hidden": 128, "heads": 4, "layers": 4, "patch": 2, "batch_size": 16, "steps": 5000,
                  "max_minutes": 60.0, "lr": 1e-3, "t_sampling": "logit-normal", "label_init_std": 0.3,
-                 "amp": "bf16", "save_every": 250},
+                 "amp": "bf16", "save_every": 250, "frames": "first"},
         "reid": {"width": 16, "batch_size": 64, "steps": 1500, "max_minutes": 10.0, "lr": 1e-3},
         # uniform t: the motion (phase, amplitude) is decided at high t, which logit-normal rarely samples
         # cond_frame "first": the clip starts from its conditioning image (see lvfm_data); ef_pairs: each
         # batch is one heart at two EFs with one flow time and noise, so the EF's gradient is not buried
         # under the differences between hearts; caption_adaln: the EF also drives the AdaLN modulation
         # (an extension of the released STDiT, see lvfm.py), which a small model learns far faster
-        "lvfm": {"hidden": 128, "heads": 4, "depth": 4, "patch": "2,4,4", "batch_size": 2, "steps": 9000,
-                 "max_minutes": 60.0, "lr": 1e-3, "temporal_weight": 4.0, "amp": "bf16", "save_every": 250,
+        "lvfm": {"hidden": 128, "heads": 4, "depth": 4, "patch": "2,4,4", "batch_size": 2, "steps": 18000,
+                 "max_minutes": 240.0, "lr": 1e-3, "temporal_weight": 4.0, "amp": "bf16", "save_every": 250,
                  "cond_frame": "first", "ef_pairs": True, "caption_adaln": True},
         # The LVFM's own clips. With one EF per patient the LVFM can read a clip's motion off its anatomy and
         # ignore the EF token; the same hearts at 5 EFs each leave the EF token as the only cue to how hard
@@ -71,7 +75,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "vae": {"channels": "8,8,8", "norm_groups": 4, "batch_size": 2, "steps": 3, "frames_per_video": 2,
                 "disc_start": 1, "max_videos": 4, "eval_split": "", "log_every": 1},
-        "lifm": {"hidden": 16, "heads": 2, "layers": 1, "batch_size": 2, "steps": 2},
+        "lifm": {"hidden": 16, "heads": 2, "layers": 1, "batch_size": 2, "steps": 2, "frames": "first"},
         "reid": {"width": 2, "embed_dim": 8, "batch_size": 4, "steps": 2, "bank_frames": 2, "calib_frames": 2},
         "lvfm": {"hidden": 16, "heads": 2, "depth": 1, "patch": "2,4,4", "batch_size": 2, "steps": 2,
                  "frames": 8, "cond_frame": "first", "ef_pairs": True, "caption_adaln": True},
@@ -146,7 +150,7 @@ def _export_folder(src: Path, dst: Path, fp16: bool, weights_name: str, config_n
 
 # What each stage needs first; with --jobs 2 independent stages run side by side, one thread each.
 DEPENDS = {"vae": (), "masks": (), "ef": (), "lvfm_data": (), "latents": ("vae", "masks"),
-           "lvfm_latents": ("vae", "lvfm_data"), "lvfm": ("latents", "lvfm_latents"), "lifm": ("latents",),
+           "lvfm_latents": ("vae", "lvfm_data"), "lvfm": ("latents", "lvfm_latents"), "lifm": ("latents", "lvfm_latents"),
            "reid": ("latents",)}
 # start order when several are ready
 ORDER = ("vae", "ef", "masks", "lvfm_data", "latents", "lvfm_latents", "lvfm", "lifm", "reid")
@@ -217,6 +221,9 @@ def run(args: argparse.Namespace) -> dict:
                                     render.get("phase"), render.get("heart_rate"))
     if lvfm_render is None and render.get("extra_videos", 0) and not args.quiet:
         print(f"== lvfm_data: skipped ({data} has no dataset.json recipe); the LVFM trains on --data")
+    # The LIFM learns the LVFM clips' first frames (all at one phase) instead of any frame of --data
+    lifm_first_frames = preset.get("lifm", {}).get("frames") == "first"
+    clip_users = {"lvfm", "lifm"} if lifm_first_frames else {"lvfm"}  # stages that train on the LVFM clips
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
@@ -234,13 +241,15 @@ def run(args: argparse.Namespace) -> dict:
                 return None
             return {"data": str(data), "done": str(done)}
         if stage == "lvfm_data":
-            if lvfm_render is None or (lvfm_data / RECIPE_NAME).is_file() or not only & {"lvfm", stage}:
+            if lvfm_render is None or (lvfm_data / RECIPE_NAME).is_file() or not only & (clip_users | {stage}):
                 return None
             return lvfm_render
         if stage == "lvfm_latents":
-            if lvfm_render is None or lvfm_cache.is_file() or not only & {"lvfm", stage}:
+            if lvfm_render is None or lvfm_cache.is_file() or not only & (clip_users | {stage}):
                 return None
-            return encode_options(lvfm_data, lvfm_cache, splits=preset.get("lvfm", {}).get("splits", "TRAIN"))
+            # masks too: a LIFM learning the clips' first frames (`lifm.frames` "first") keeps its mask channel
+            return encode_options(lvfm_data, lvfm_cache, splits=preset.get("lvfm", {}).get("splits", "TRAIN"),
+                                  phantom_masks=want_masks)
         if stage == "latents":
             if cache.is_file() and scaling.is_file():
                 return None
@@ -252,7 +261,7 @@ def run(args: argparse.Namespace) -> dict:
         if stage not in only:
             return None
         extra = {"data": str(data)} if stage in ("vae", "ef") else {"latents": str(cache), "scaling": str(scaling)}
-        if stage == "lvfm" and lvfm_render is not None:
+        if lvfm_render is not None and (stage == "lvfm" or (stage == "lifm" and lifm_first_frames)):
             extra["latents"] = str(lvfm_cache)
         if stage == "reid":
             extra["bank_name"] = args.name

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 from collections import defaultdict
@@ -197,11 +198,16 @@ def write_phantom_masks(root: str | os.PathLike, splits=("TRAIN",), max_frames: 
     `echoflow_models.echonet.write_phantom_dataset` (default EF range). Only the first `max_frames` frames
     are rendered (masks of the rest are marked absent), which is enough for the LIFM's mask channel. A
     re-rendered video is accepted only if its EF equals the row's and its first frame matches the AVI
-    (MJPEG-close), so a mismatch never writes wrong masks. Returns the number of mask files written.
+    (MJPEG-close), so a mismatch never writes wrong masks. A ``dataset.json`` recipe beside the FileList
+    (`echoflow train dataset`) supplies a fixed starting ``phase`` and ``heart_rate`` when it sets them.
+    Returns the number of mask files written.
     """
     from ..phantom import PatientAnatomy, render_video
+    from .dataset import RECIPE_NAME
 
     root = Path(root)
+    recipe = json.loads((root / RECIPE_NAME).read_text()) if (root / RECIPE_NAME).is_file() else {}
+    fixed_phase, heart_rate = recipe.get("phase"), recipe.get("heart_rate")
     records = [r for r in select_records(root, splits) if r.extra.get("PatientSeed")]
     (root / MASKS_DIR).mkdir(exist_ok=True)
     written = 0
@@ -218,10 +224,11 @@ def write_phantom_masks(root: str | os.PathLike, splits=("TRAIN",), max_frames: 
             view = record_view(rec)
             rng = np.random.default_rng([seed, k, VIEWS.index(view), j, 0xEF])
             ef = float(rng.uniform(10.0, 85.0))
-            phase = float(rng.uniform(0.0, 1.0))
+            phase = float(rng.uniform(0.0, 1.0)) if fixed_phase is None else float(fixed_phase)
             anatomy = PatientAnatomy.sample(int(rec.extra["PatientSeed"]), view)
             n = rec.number_of_frames if not max_frames else min(int(max_frames), rec.number_of_frames)
-            video = render_video(anatomy, ef, num_frames=n, fps=rec.fps, phase=phase, seed=j)
+            video = render_video(anatomy, ef, num_frames=n, fps=rec.fps, phase=phase, seed=j,
+                                 heart_rate=heart_rate)
             first = load_frames(root, rec)[0].numpy().astype(np.float32)
             if abs(video.ef - rec.ef) > 1e-6 or np.abs(first - video.frames[0]).mean() > 4.0:
                 raise ValueError(
@@ -331,6 +338,10 @@ def fit_scaling(cache: dict, splits=("TRAIN",)) -> LatentScaler:
 
 # Which latent frame conditions a training clip (see LatentSet.sample_clips).
 COND_FRAMES = ("random", "first")
+# Which frames the LIFM learns (see LatentSet.sample_images). "first" on clips that all start at one cardiac
+# phase (`train dataset --phase 0`) makes the LIFM generate that phase: the frame an LVFM trained with
+# --cond-frame first on the same clips expects to animate.
+IMAGE_FRAMES = ("all", "first")
 
 
 def shared_randn(shape: Sequence[int], gen: torch.Generator, group: int = 1) -> torch.Tensor:
@@ -405,13 +416,16 @@ class LatentSet:
         return self.scale(self._latent(frame_idx, gen))
 
     # -- LIFM --------------------------------------------------------------------------------------
-    def sample_images(self, batch: int, gen: torch.Generator, mask_only: bool = False):
-        """(scaled latents [B, C, h, w], view [B], mask [B, 1, h, w], has_mask [B]) of random frames."""
-        pool = torch.nonzero(self.has_mask).flatten() if mask_only and self.has_mask.any() else None
-        if pool is not None:
-            idx = pool[torch.randint(len(pool), (batch,), generator=gen)]
-        else:
+    def sample_images(self, batch: int, gen: torch.Generator, frames: str = "all"):
+        """(scaled latents [B, C, h, w], view [B], mask [B, 1, h, w], has_mask [B]) of random frames: any
+        frame (`frames` "all") or only the first frame of each video ("first"; see IMAGE_FRAMES)."""
+        if frames == "first":
+            starts = self.offsets[:-1]
+            idx = starts[torch.randint(len(starts), (batch,), generator=gen)]
+        elif frames == "all":
             idx = torch.randint(self.num_frames, (batch,), generator=gen)
+        else:
+            raise ValueError(f"sample_images: frames must be one of {IMAGE_FRAMES}, got {frames!r}")
         views = self.views[self.video_of_frame[idx]]
         return self.frames(idx, gen), views, self.masks[idx][:, None].float(), self.has_mask[idx]
 

@@ -4,6 +4,7 @@ Flow matching (spec 5.2) with sigma_min: z_t = (1 - t) z_0 + (sigma_min + (1 - s
 (1 - sigma_min) eps - z_0, t ~ U(0, 1). Conditioning: the view label, replaced by the null class
 (index = num_classes) with probability --p-drop-view, and the LV mask at latent size, replaced by zeros
 (what the demo feeds when no mask is given) with probability --p-drop-mask and wherever a frame has no mask.
+`--frames first` learns only each video's first frame (one cardiac phase when the clips all start there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from ..lifm import SegDiTConfig, SegDiTTransformer2DModel
 from ..sampling import flow_matching_loss
 from .common import Run, add_common_args, clip_and_step
+from .data import IMAGE_FRAMES
 from .scaling_io import open_latent_set
 
 
@@ -36,6 +38,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="how flow times are drawn: U(0, 1) (spec) or sigmoid(N(0, 1)) (SD3; mid-t emphasis)")
     g.add_argument("--label-init-std", type=float, default=0.02,
                    help="std of the view-embedding init (DiT: 0.02; larger lets short runs pick up the view sooner)")
+    g.add_argument("--frames", default="all", choices=IMAGE_FRAMES,
+                   help="learn every frame (all) or only each video's first frame (first: with clips that all "
+                        "start at end-diastole, e.g. `train dataset --phase 0`, the LIFM generates ED frames, "
+                        "which an LVFM trained with --cond-frame first on such clips animates)")
     g.add_argument("--splits", default="TRAIN")
     g.add_argument("--sample-latents", action="store_true", help="sample z = mean + std eps (cache needs std)")
 
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     device = run_.device
     null = model.num_classes
     for _ in run_.steps():
-        z0, views, masks, has_mask = data.sample_images(args.batch_size, run_.gen)
+        z0, views, masks, has_mask = data.sample_images(args.batch_size, run_.gen, args.frames)
         drop_view = torch.rand(len(views), generator=run_.gen) < args.p_drop_view
         drop_mask = (torch.rand(len(views), generator=run_.gen) < args.p_drop_mask) | ~has_mask
         views = torch.where(drop_view, torch.full_like(views, null), views)
