@@ -519,6 +519,17 @@ def _patient_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index), 0xEC0]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def phantom_video_draw(seed: int, index: int, view: str, video: int,
+                       ef_range: tuple[float, float] = (10.0, 85.0)) -> tuple[float, float]:
+    """(EF, starting phase) of video `video` of patient `index` in `view` of a phantom dataset made with
+    `seed`: the one place both `write_phantom_dataset` and the mask writer that re-renders it draw them."""
+    from .phantom import VIEWS
+
+    rng = np.random.default_rng([int(seed), int(index), VIEWS.index(view), int(video), 0xEF])
+    ef = float(rng.uniform(float(ef_range[0]), float(ef_range[1])))
+    return ef, float(rng.uniform(0.0, 1.0))
+
+
 def write_phantom_dataset(
     root: str | os.PathLike,
     num_patients: int,
@@ -584,9 +595,7 @@ def write_phantom_dataset(
                     if name in writer:
                         out.append(writer.get(name))
                     else:
-                        rng = np.random.default_rng([int(seed), k, VIEWS.index(view), j, 0xEF])
-                        ef = float(rng.uniform(lo, hi))
-                        drawn_phase = float(rng.uniform(0.0, 1.0))  # drawn always: EFs stay the same
+                        ef, drawn_phase = phantom_video_draw(seed, k, view, j, (lo, hi))
                         anatomy = PatientAnatomy.sample(pseed, view)
                         video = render_video(anatomy, ef, num_frames=num_frames, fps=fps,
                                              phase=drawn_phase if phase is None else float(phase), seed=j,

@@ -303,14 +303,19 @@ def evaluate_privacy(pipe: EchoFlowPipeline, root: Path, sizes: EvalSizes, seed:
 # ----------------------------------------------------------------------------------------------------
 
 
+def ef_regressor_folder(root: Path) -> Path:
+    """The weights root's EF regressor (the first under `ef/`), which measures the EF of generated videos."""
+    ef_folders = find_model_folders(root, "ef")
+    if not ef_folders:
+        raise FileNotFoundError(f"no EF regressor under {root / 'ef'}; measuring generated EFs needs one")
+    return Path(next(iter(ef_folders.values())))
+
+
 def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C", work: Path | None = None,
                    quiet: bool = False) -> dict:
     torch.manual_seed(seed)
     pipe = EchoFlowPipeline.from_folder(root, views=[view], device="cpu")
-    ef_folders = find_model_folders(root, "ef")
-    if not ef_folders:
-        raise FileNotFoundError(f"no EF regressor under {root / 'ef'}; the EF fidelity check needs one")
-    regressor = load_model(next(iter(ef_folders.values())))
+    regressor = load_model(ef_regressor_folder(root))
     if sizes.guidance is None:
         sizes = replace(sizes, guidance=pipe.default_guidance)
     own_work = work is None
@@ -365,7 +370,7 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
     best = min(candidates, key=lambda g: (table[f"{g:g}"]["mae"], g))
     return {"guidance": float(best), "criterion": "lowest EF MAE of generated vs requested EF (20-80 %)",
             "view": view, "seed": seed, "videos": videos, "steps": {"image": image_steps, "video": video_steps},
-            "requested": np.linspace(20.0, 80.0, videos).round(2).tolist(), "candidates": table}
+            "requested": fidelity["requested"], "candidates": table}
 
 
 def cmd_tune_guidance(args: argparse.Namespace) -> int:
@@ -377,16 +382,16 @@ def cmd_tune_guidance(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = EchoFlowPipeline.from_folder(root, lvfm=args.lvfm, views=[args.view], device="cpu")
-    ef_folders = find_model_folders(root, "ef")
-    if not ef_folders:
-        raise SystemExit(f"error: no EF regressor under {root / 'ef'}; choosing the guidance needs one")
-    regressor_folder = next(iter(ef_folders.values()))
+    try:
+        regressor_folder = ef_regressor_folder(root)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     try:
         result = tune_guidance(pipe, load_model(regressor_folder), candidates, args.videos, args.view,
                                args.seed, args.image_steps, args.video_steps, args.quiet)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    result["regressor"] = str(Path(regressor_folder).relative_to(root))
+    result["regressor"] = str(regressor_folder.relative_to(root))
     for g, row in result["candidates"].items():
         print(f"guidance {g:>5}: EF MAE {row['mae']:6.2f}, r {row['pearson_r']:.3f}")
     target = Path(pipe.lvfm.source_folder) / SAMPLING_NAME

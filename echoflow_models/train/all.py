@@ -221,9 +221,9 @@ def run(args: argparse.Namespace) -> dict:
                                     render.get("phase"), render.get("heart_rate"))
     if lvfm_render is None and render.get("extra_videos", 0) and not args.quiet:
         print(f"== lvfm_data: skipped ({data} has no dataset.json recipe); the LVFM trains on --data")
-    # The LIFM learns the LVFM clips' first frames (all at one phase) instead of any frame of --data
-    lifm_first_frames = preset.get("lifm", {}).get("frames") == "first"
-    clip_users = {"lvfm", "lifm"} if lifm_first_frames else {"lvfm"}  # stages that train on the LVFM clips
+    # Stages that train on the LVFM clips: the LVFM, and the LIFM when it learns their first frames (all at
+    # one phase) instead of any frame of --data
+    clip_users = {"lvfm", "lifm"} if preset.get("lifm", {}).get("frames") == "first" else {"lvfm"}
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> dict:
         if stage not in only:
             return None
         extra = {"data": str(data)} if stage in ("vae", "ef") else {"latents": str(cache), "scaling": str(scaling)}
-        if lvfm_render is not None and (stage == "lvfm" or (stage == "lifm" and lifm_first_frames)):
+        if lvfm_render is not None and stage in clip_users:
             extra["latents"] = str(lvfm_cache)
         if stage == "reid":
             extra["bank_name"] = args.name

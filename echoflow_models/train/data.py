@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..echonet import EchoNetRecord, read_filelist
+from ..echonet import EchoNetRecord, phantom_video_draw, read_filelist
 from ..pipeline import VIEWS, preprocess_mask
 from ..scaling import LatentScaler
 from ..vae import AutoencoderKL, frames_to_model_range
@@ -222,9 +222,8 @@ def write_phantom_masks(root: str | os.PathLike, splits=("TRAIN",), max_frames: 
             except (ValueError, IndexError) as exc:
                 raise ValueError(f"{rec.file_name}: not a phantom video name (PatientID {pid!r})") from exc
             view = record_view(rec)
-            rng = np.random.default_rng([seed, k, VIEWS.index(view), j, 0xEF])
-            ef = float(rng.uniform(10.0, 85.0))
-            phase = float(rng.uniform(0.0, 1.0)) if fixed_phase is None else float(fixed_phase)
+            ef, drawn_phase = phantom_video_draw(seed, k, view, j)
+            phase = drawn_phase if fixed_phase is None else float(fixed_phase)
             anatomy = PatientAnatomy.sample(int(rec.extra["PatientSeed"]), view)
             n = rec.number_of_frames if not max_frames else min(int(max_frames), rec.number_of_frames)
             video = render_video(anatomy, ef, num_frames=n, fps=rec.fps, phase=phase, seed=j,
