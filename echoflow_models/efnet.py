@@ -25,6 +25,9 @@ from .checkpoint import register_model_class
 @dataclass
 class EFRegressorConfig:
     frames: int = 32  # temporal size the clip is resampled to
+    # frames (at 32 fps) of the clips it was trained on; a longer input is cut to its middle clip_frames
+    # first, so the model sees the heart rate it learned. 0: the whole input, whatever its length
+    clip_frames: int = 0
     size: int = 56  # spatial size the clip is resampled to
     channels: list[int] = field(default_factory=lambda: [16, 24, 48, 96])
     temporal_strides: list[int] = field(default_factory=lambda: [1, 2, 2])  # of the three stages after the stem
@@ -38,6 +41,8 @@ class EFRegressorConfig:
             raise ValueError("EFRegressor config: channels needs 4 entries (stem + 3 stages), temporal_strides 3")
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"EFRegressor config: channels {self.channels} must be multiples of norm_groups")
+        if self.clip_frames < 0:
+            raise ValueError(f"EFRegressor config: clip_frames must be >= 0, got {self.clip_frames}")
         if self.frames < 2 or self.size < 8:
             raise ValueError("EFRegressor config: frames must be >= 2 and size >= 8")
 
@@ -71,6 +76,10 @@ class EFRegressor(nn.Module):
         if frames.ndim != 5:
             raise ValueError(f"EFRegressor expects [B, 3, T, H, W] frames in [-1, 1], got {tuple(frames.shape)}")
         x = frames.float().mean(1, keepdim=True)
+        t, clip = x.shape[2], self.config.clip_frames
+        if 0 < clip < t:
+            start = (t - clip) // 2
+            x = x[:, :, start: start + clip]
         size = (self.config.frames, self.config.size, self.config.size)
         if tuple(x.shape[-3:]) != size:
             x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)

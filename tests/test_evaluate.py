@@ -109,3 +109,60 @@ def test_tune_guidance_writes_the_lowest_mae_choice_as_the_models_default(tmp_pa
     assert EchoFlowPipeline.from_folder(root, views=["A4C"]).default_guidance == chosen["guidance"]
     bad = subprocess.run([*cmd[:7], "1,x"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--candidates" in bad.stderr
+
+
+def _tiny_dataset(root):
+    from echoflow_models.echonet import write_phantom_dataset
+
+    write_phantom_dataset(root, 3, seed=5, num_frames=8, split_fractions=(1.0, 0.0, 0.0))
+    return root
+
+
+def test_relabel_dataset_replaces_ef_and_keeps_the_requested_labels(tmp_path):
+    import csv
+
+    import torch
+
+    from echoflow_models.echonet import read_filelist
+    from echoflow_models.efnet import EFRegressor, EFRegressorConfig
+    from echoflow_models.evaluate import predict_ef, relabel_dataset
+
+    root = _tiny_dataset(tmp_path / "ds")
+    before = {r.file_name: r.ef for r in read_filelist(root)}
+    torch.manual_seed(0)
+    model = EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 16, 16])).eval()
+    summary = relabel_dataset(root, model, "tiny")
+    from echoflow_models.echonet import load_echonet_videos
+
+    expected = predict_ef(model, [frames for _, frames in load_echonet_videos(root)])
+    after = read_filelist(root)
+    assert [r.ef for r in after] == pytest.approx(expected.tolist(), abs=1e-3)
+    rows = list(csv.DictReader(open(root / "FileList.csv", newline="")))
+    assert {r["FileName"]: float(r["RequestedEF"]) for r in rows} == pytest.approx(before)
+    assert summary["videos"] == 3 and summary["regressor"] == "tiny"
+    assert json.loads((root / "relabel.json").read_text()) == summary
+    # again: the requested labels are still the originals, not the first relabelling
+    relabel_dataset(root, model, "tiny")
+    rows = list(csv.DictReader(open(root / "FileList.csv", newline="")))
+    assert {r["FileName"]: float(r["RequestedEF"]) for r in rows} == pytest.approx(before)
+    assert list(rows[0]).count("RequestedEF") == 1
+
+
+def test_relabel_dataset_cli_names_the_problem(tmp_path):
+    cmd = [sys.executable, "-m", "echoflow_models", "relabel-dataset", str(tmp_path / "missing")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "missing" in proc.stderr and "FileList.csv" in proc.stderr
+    cmd = [sys.executable, "-m", "echoflow_models", "relabel-dataset", str(tmp_path),
+           "--regressor", str(bundled_weights_root() / "vae" / "phantom-4f4")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "not an EF regressor" in proc.stderr
+
+
+def test_mean_over_seeds_averages_and_keeps_each_run():
+    from echoflow_models.evaluate import mean_over_seeds
+
+    out = mean_over_seeds([{"mae": 4.0, "r2": 0.5}, {"mae": 8.0, "r2": 0.7}])
+    assert out["mae"] == 6.0 and out["r2"] == pytest.approx(0.6)
+    assert out["mae_sd"] == 2.0 and out["mae_per_seed"] == [4.0, 8.0]
+    with pytest.raises(ValueError, match="regressor_seeds"):
+        mean_over_seeds([])

@@ -179,6 +179,54 @@ def test_ef_regressor_trains_and_loads(tiny_data, tmp_path):
     assert ef.shape == (3,) and torch.isfinite(ef).all()
 
 
+def test_ef_regressor_trains_with_time_and_affine_augmentation(tiny_data, tmp_path):
+    opts = {**TINY["ef"], "eval_split": "", "clip_frames": 6, "time_scale": "0.8,1.25", "rotate": 10.0,
+            "zoom": 0.1, "shift": 0.05}
+    train("ef", data=str(tiny_data), out=str(tmp_path / "ef"), threads=1, quiet=True, **opts)
+    model = load_model(tmp_path / "ef")
+    assert isinstance(model, EFRegressor) and model.config.clip_frames == 6
+    for bad in ("0,1", "1.2,0.9", "fast"):
+        with pytest.raises(ValueError, match="--time-scale"):
+            train("ef", data=str(tiny_data), out=str(tmp_path / "bad"), threads=1, quiet=True,
+                  overwrite=True, **{**opts, "time_scale": bad})
+
+
+def test_ef_regressor_reads_the_middle_clip_it_was_trained_on():
+    model = EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 16, 16], clip_frames=6)).eval()
+    video = torch.rand(1, 3, 10, 32, 32) * 2 - 1
+    torch.testing.assert_close(model(video), model(video[:, :, 2:8]))
+    assert not torch.allclose(model(video), model(video[:, :, :6]))
+    torch.testing.assert_close(model(video[:, :, :5]), model(video[:, :, :5]))  # shorter: used whole
+
+
+def test_time_windows_at_full_length_equal_the_models_own_resampling():
+    from echoflow_models.train.ef import random_time_windows
+
+    x = torch.randn(3, 1, 40, 6, 6)
+    whole = torch.nn.functional.interpolate(x, size=(16, 6, 6), mode="trilinear", align_corners=False)
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(random_time_windows(x, 16, (40.0, 40.0), gen), whole)
+    torch.testing.assert_close(random_time_windows(x, 16, (50.0, 60.0), gen), whole)  # capped at the clip
+    # a ramp in time: every window is increasing, starts inside the clip and spans at least half of it
+    ramp = torch.arange(40.0).view(1, 1, 40, 1, 1).expand(64, 1, 40, 2, 2)
+    out = random_time_windows(ramp, 16, (20.0, 40.0), gen)[:, 0, :, 0, 0]  # [64, 16]
+    assert (out.diff(dim=1) > 0).all() and out.min() >= 0 and out.max() <= 39
+    span = (out[:, -1] - out[:, 0]) * 16 / 15  # frames covered
+    assert span.min() >= 0.5 * 40 - 1.5 and span.max() <= 40 + 1e-4
+    assert out[:, 0].std() > 1.0  # the starts differ
+
+
+def test_random_affine_is_identity_at_zero_and_keeps_the_background_black():
+    from echoflow_models.train.ef import random_affine
+
+    x = torch.rand(2, 1, 3, 16, 16) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(random_affine(x, gen, 0.0, 0.0, 0.0), x, rtol=0, atol=1e-5)
+    moved = random_affine(torch.full((4, 1, 2, 16, 16), 1.0), gen, 30.0, 0.2, 0.2)
+    assert moved.min() >= -1.0 - 1e-6 and (moved < -0.99).any()  # pixels from outside are black (-1)
+    assert torch.equal(moved[:, :, 0], moved[:, :, 1])  # one transform for all frames of a clip
+
+
 def test_efnet_round_trip(tmp_path):
     model = EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 16, 16]))
     save_model(model, tmp_path / "ef")

@@ -2,7 +2,9 @@
 
 Each training example is a `--clip-frames` window (default 64 frames at 32 fps, the LVFM's output) of a
 video of the training split, resampled inside the model to `frames` x `size` x `size`. Augmentations that
-keep EF: time reversal, horizontal flip, gain. Loss: smooth L1 on EF / ef_scale. The final summary holds
+keep EF: time reversal, horizontal flip, gain; opt-in: a random shorter window at a random start
+(`--time-crop`: another heart rate and starting phase) and a random rotation / scale / shift
+(`--rotate`, `--zoom`, `--shift`). Loss: smooth L1 on EF / ef_scale. The final summary holds
 MAE / RMSE / R2 / Pearson r on `--eval-split` (of `--eval-data`, default the training folder).
 """
 
@@ -31,6 +33,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, default=32, help="model's temporal size (clips are resampled)")
     g.add_argument("--size", type=int, default=56, help="model's spatial size")
     g.add_argument("--channels", default="16,24,48,96")
+    g.add_argument("--time-scale", default="1,1", metavar="LO,HI",
+                   help="EF-preserving tempo and phase augmentation: each training clip spans U(LO, HI) x "
+                        "--clip-frames frames of its video (as far as the video reaches) from a random start, "
+                        "resampled to --frames, so the heart beats up to 1/LO slower or HI faster than "
+                        "filmed and starts at any phase (1,1 = off)")
+    g.add_argument("--rotate", type=float, default=0.0, help="random rotation of each clip, +- degrees")
+    g.add_argument("--zoom", type=float, default=0.0, help="random scale of each clip, +- fraction")
+    g.add_argument("--shift", type=float, default=0.0, help="random translation of each clip, +- fraction of its width")
     g.add_argument("--eval-data", default=None, help="dataset for the final metrics (default: --data)")
     g.add_argument("--eval-split", default="VAL")
 
@@ -51,18 +61,57 @@ def video_clips(frames: torch.Tensor, fps: float, clip_frames: int, target_fps: 
     return out
 
 
-def prepared_clips(model: EFRegressor, clips: list[torch.Tensor], chunk: int = 16) -> torch.Tensor:
-    """uint8 clips [T, H, W] -> the model's prepared input [N, 1, frames, size, size] (float16 to save RAM)."""
+def prepared_clips(model: EFRegressor, clips: list[torch.Tensor], chunk: int = 16,
+                   keep_time: bool = False) -> torch.Tensor:
+    """uint8 clips [T, H, W] -> the model's prepared input [N, 1, frames, size, size] (float16 to save RAM).
+
+    `keep_time` resizes only spatially ([N, 1, T, size, size]), for `random_time_windows` to crop later."""
     out = []
     for i in range(0, len(clips), chunk):
-        x = torch.stack(clips[i: i + chunk]).float() / 128.0 - 1.0  # [b, T, H, W]
+        x = torch.stack(clips[i: i + chunk]).float()[:, None] / 128.0 - 1.0  # [b, 1, T, H, W]
         with torch.no_grad():
-            out.append(model.prepare(x[:, None]).half())
+            if keep_time:
+                size = model.config.size
+                out.append(F.interpolate(x, size=(x.shape[2], size, size), mode="trilinear",
+                                         align_corners=False).half())
+            else:
+                out.append(model.prepare(x).half())
     return torch.cat(out)
 
 
+def random_time_windows(x: torch.Tensor, frames: int, lengths: tuple[float, float],
+                        gen: torch.Generator) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, C, frames, H, W]: per clip a window of L ~ U(lengths) source frames (at most T)
+    from a random start, linearly resampled to `frames`. EF does not depend on the heart rate or on the phase
+    a clip starts at, so this teaches the regressor neither matters; with L = T it equals the model's own
+    (trilinear, align_corners=False) temporal resampling of the whole clip, which is what it sees at test time."""
+    b, t = x.shape[0], x.shape[2]
+    lo, hi = lengths
+    length = (lo + (hi - lo) * torch.rand(b, generator=gen)).clamp(1.0, float(t))  # [B]
+    start = (t - length) * torch.rand(b, generator=gen)  # [B]
+    pos = start[:, None] + (torch.arange(frames) + 0.5) * (length[:, None] / frames) - 0.5  # [B, frames]
+    pos = pos.clamp(0.0, t - 1.0)
+    lo_idx = pos.floor().long()
+    hi_idx = (lo_idx + 1).clamp_max(t - 1)
+    w = (pos - lo_idx).to(x.dtype)[:, None, :, None, None]  # [B, 1, frames, 1, 1]
+    rows = torch.arange(b)[:, None]
+    frames_first = x.transpose(1, 2)  # [B, T, C, H, W]
+    first, second = frames_first[rows, lo_idx].transpose(1, 2), frames_first[rows, hi_idx].transpose(1, 2)
+    return first * (1 - w) + second * w
+
+
+def parse_time_scale(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"train ef: --time-scale must be LO,HI (two numbers), got {text!r}") from None
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"train ef: --time-scale needs 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def load_clip_set(model: EFRegressor, root, splits, clip_frames: int, fps: float, max_videos=None,
-                  starts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                  starts: int = 1, keep_time: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips of the videos long enough for a whole clip (all videos when none is)."""
     records = select_records(root, splits, max_videos)
     long = [r for r in records if (r.number_of_frames - 1) * fps / (r.fps or fps) + 1 >= clip_frames - 1e-6]
@@ -72,7 +121,7 @@ def load_clip_set(model: EFRegressor, root, splits, clip_frames: int, fps: float
         for clip in video_clips(load_frames(root, rec), rec.fps, clip_frames, fps, starts):
             clips.append(clip)
             efs.append(rec.ef)
-    return prepared_clips(model, clips), torch.tensor(efs, dtype=torch.float32)
+    return prepared_clips(model, clips, keep_time=keep_time), torch.tensor(efs, dtype=torch.float32)
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
@@ -109,14 +158,36 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((x + 1.0) * gain[:, None, None, None, None] - 1.0).clamp(-1.0, 1.0)
 
 
+def random_affine(x: torch.Tensor, gen: torch.Generator, rotate_deg: float, zoom: float, shift: float) -> torch.Tensor:
+    """[B, C, T, H, W]: one random rotation / scale / translation per clip, the same for all its frames.
+    The LV's area ratio, and so EF, is unchanged by a similarity transform; the regressor learns not to
+    depend on where and how large the heart sits in the sector."""
+    b, c, t, h, w = x.shape
+    angle = torch.deg2rad(rotate_deg * (2 * torch.rand(b, generator=gen) - 1))
+    scale = 1.0 + zoom * (2 * torch.rand(b, generator=gen) - 1)
+    offset = 2 * shift * (2 * torch.rand(b, 2, generator=gen) - 1)  # normalised coordinates span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, [b, c * t, h, w], align_corners=False)
+    frames = x.reshape(b, c * t, h, w)
+    out = F.grid_sample(frames + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+    return out.reshape(b, c, t, h, w)
+
+
 def run(args: argparse.Namespace) -> dict:
     run_ = Run(args, "ef")
-    cfg = EFRegressorConfig(frames=args.frames, size=args.size, channels=[int(c) for c in args.channels.split(",")])
+    cfg = EFRegressorConfig(frames=args.frames, size=args.size, channels=[int(c) for c in args.channels.split(",")],
+                            clip_frames=args.clip_frames)
     model = EFRegressor(cfg)
     records = select_records(args.data, args.splits, args.max_videos)
     if not args.quiet:
         print(f"ef: reading {len(records)} videos from {args.data}")
-    x, ef = load_clip_set(model, args.data, args.splits, args.clip_frames, args.fps, args.max_videos, starts=2)
+    scale = parse_time_scale(args.time_scale)
+    crop = scale != (1.0, 1.0)
+    # with the tempo augmentation the stored clips are long enough for the longest window
+    stored = math.ceil(args.clip_frames * max(scale[1], 1.0)) if crop else args.clip_frames
+    x, ef = load_clip_set(model, args.data, args.splits, stored, args.fps, args.max_videos, starts=2,
+                          keep_time=crop)
     cfg.ef_mean = float(ef.mean())
     cfg.ef_scale = float(max(ef.std(unbiased=False), 1.0)) if len(ef) > 1 else 20.0
     opt = run_.optimizer(model.parameters())
@@ -124,7 +195,13 @@ def run(args: argparse.Namespace) -> dict:
     device = run_.device
     for _ in run_.steps():
         idx = torch.randint(len(x), (args.batch_size,), generator=run_.gen)
-        xb = augment(x[idx].float(), run_.gen).to(device)
+        xb = x[idx].float()
+        if crop:
+            xb = random_time_windows(xb, cfg.frames, (scale[0] * args.clip_frames, scale[1] * args.clip_frames),
+                                     run_.gen)
+        if args.rotate or args.zoom or args.shift:
+            xb = random_affine(xb, run_.gen, args.rotate, args.zoom, args.shift)
+        xb = augment(xb, run_.gen).to(device)
         target = ef[idx].to(device)
         with run_.autocast():
             pred = model.forward_prepared(xb)
