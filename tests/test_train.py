@@ -214,6 +214,10 @@ def test_time_windows_at_full_length_equal_the_models_own_resampling():
     span = (out[:, -1] - out[:, 0]) * 16 / 15  # frames covered
     assert span.min() >= 0.5 * 40 - 1.5 and span.max() <= 40 + 1e-4
     assert out[:, 0].std() > 1.0  # the starts differ
+    # clips cut from shorter videos end in padding: their windows stay within the real frames
+    valid = torch.tensor([10, 25, 40, 40] * 16)
+    out = random_time_windows(ramp, 16, (30.0, 50.0), gen, valid)[:, 0, :, 0, 0]
+    assert (out.max(dim=1).values <= valid - 1 + 1e-5).all() and (out.diff(dim=1) >= 0).all()
 
 
 def test_random_affine_is_identity_at_zero_and_keeps_the_background_black():

@@ -3,7 +3,7 @@
 Each training example is a `--clip-frames` window (default 64 frames at 32 fps, the LVFM's output) of a
 video of the training split, resampled inside the model to `frames` x `size` x `size`. Augmentations that
 keep EF: time reversal, horizontal flip, gain; opt-in: a random shorter window at a random start
-(`--time-crop`: another heart rate and starting phase) and a random rotation / scale / shift
+(`--time-scale`: another heart rate and starting phase) and a random rotation / scale / shift
 (`--rotate`, `--zoom`, `--shift`). Loss: smooth L1 on EF / ef_scale. The final summary holds
 MAE / RMSE / R2 / Pearson r on `--eval-split` (of `--eval-data`, default the training folder).
 """
@@ -79,20 +79,22 @@ def prepared_clips(model: EFRegressor, clips: list[torch.Tensor], chunk: int = 1
     return torch.cat(out)
 
 
-def random_time_windows(x: torch.Tensor, frames: int, lengths: tuple[float, float],
-                        gen: torch.Generator) -> torch.Tensor:
-    """[B, C, T, H, W] -> [B, C, frames, H, W]: per clip a window of L ~ U(lengths) source frames (at most T)
-    from a random start, linearly resampled to `frames`. EF does not depend on the heart rate or on the phase
+def random_time_windows(x: torch.Tensor, frames: int, lengths: tuple[float, float], gen: torch.Generator,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, C, frames, H, W]: per clip a window of L ~ U(lengths) source frames from a random
+    start, linearly resampled to `frames`; the window stays inside the clip's first `valid[b]` frames (default
+    all T: a clip cut from a short video ends in padding). EF does not depend on the heart rate or on the phase
     a clip starts at, so this teaches the regressor neither matters; with L = T it equals the model's own
     (trilinear, align_corners=False) temporal resampling of the whole clip, which is what it sees at test time."""
     b, t = x.shape[0], x.shape[2]
+    avail = torch.full((b,), float(t)) if valid is None else valid.float().clamp(1.0, float(t))  # [B]
     lo, hi = lengths
-    length = (lo + (hi - lo) * torch.rand(b, generator=gen)).clamp(1.0, float(t))  # [B]
-    start = (t - length) * torch.rand(b, generator=gen)  # [B]
+    length = torch.minimum((lo + (hi - lo) * torch.rand(b, generator=gen)).clamp_min(1.0), avail)  # [B]
+    start = (avail - length) * torch.rand(b, generator=gen)  # [B]
     pos = start[:, None] + (torch.arange(frames) + 0.5) * (length[:, None] / frames) - 0.5  # [B, frames]
-    pos = pos.clamp(0.0, t - 1.0)
+    pos = torch.minimum(pos.clamp_min(0.0), avail[:, None] - 1.0)
     lo_idx = pos.floor().long()
-    hi_idx = (lo_idx + 1).clamp_max(t - 1)
+    hi_idx = torch.minimum(lo_idx + 1, avail.long()[:, None] - 1)
     w = (pos - lo_idx).to(x.dtype)[:, None, :, None, None]  # [B, 1, frames, 1, 1]
     rows = torch.arange(b)[:, None]
     frames_first = x.transpose(1, 2)  # [B, T, C, H, W]
@@ -110,18 +112,37 @@ def parse_time_scale(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def frames_at(rec, fps: float) -> int:
+    """How many frames at `fps` the video of `rec` spans."""
+    return int(math.floor((rec.number_of_frames - 1) * fps / (rec.fps or fps) + 1e-6)) + 1
+
+
 def load_clip_set(model: EFRegressor, root, splits, clip_frames: int, fps: float, max_videos=None,
-                  starts: int = 1, keep_time: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  starts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips of the videos long enough for a whole clip (all videos when none is)."""
+    x, ef, _ = load_long_clip_set(model, root, splits, clip_frames, fps, max_videos, starts)
+    return x, ef
+
+
+def load_long_clip_set(model: EFRegressor, root, splits, clip_frames: int, fps: float, max_videos=None,
+                       starts: int = 1, store_frames: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`load_clip_set`, with `store_frames` >= clip_frames: each clip keeps up to that many frames at full
+    temporal length (only resized spatially, for `random_time_windows`), padded where its video is
+    shorter; also returns each clip's real (unpadded) frame count. The videos chosen are the same."""
     records = select_records(root, splits, max_videos)
-    long = [r for r in records if (r.number_of_frames - 1) * fps / (r.fps or fps) + 1 >= clip_frames - 1e-6]
+    long = [r for r in records if frames_at(r, fps) >= clip_frames]
     records = long or records
-    clips, efs = [], []
+    keep_time = store_frames is not None
+    length = max(store_frames, clip_frames) if keep_time else clip_frames
+    clips, efs, valid = [], [], []
     for rec in records:
-        for clip in video_clips(load_frames(root, rec), rec.fps, clip_frames, fps, starts):
+        for clip in video_clips(load_frames(root, rec), rec.fps, length, fps, starts):
             clips.append(clip)
             efs.append(rec.ef)
-    return prepared_clips(model, clips, keep_time=keep_time), torch.tensor(efs, dtype=torch.float32)
+            valid.append(min(length, frames_at(rec, fps)))
+    return (prepared_clips(model, clips, keep_time=keep_time), torch.tensor(efs, dtype=torch.float32),
+            torch.tensor(valid))
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict:
@@ -186,8 +207,8 @@ def run(args: argparse.Namespace) -> dict:
     crop = scale != (1.0, 1.0)
     # with the tempo augmentation the stored clips are long enough for the longest window
     stored = math.ceil(args.clip_frames * max(scale[1], 1.0)) if crop else args.clip_frames
-    x, ef = load_clip_set(model, args.data, args.splits, stored, args.fps, args.max_videos, starts=2,
-                          keep_time=crop)
+    x, ef, valid = load_long_clip_set(model, args.data, args.splits, args.clip_frames, args.fps, args.max_videos,
+                                      starts=2, store_frames=stored if crop else None)
     cfg.ef_mean = float(ef.mean())
     cfg.ef_scale = float(max(ef.std(unbiased=False), 1.0)) if len(ef) > 1 else 20.0
     opt = run_.optimizer(model.parameters())
@@ -198,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         xb = x[idx].float()
         if crop:
             xb = random_time_windows(xb, cfg.frames, (scale[0] * args.clip_frames, scale[1] * args.clip_frames),
-                                     run_.gen)
+                                     run_.gen, valid[idx])
         if args.rotate or args.zoom or args.shift:
             xb = random_affine(xb, run_.gen, args.rotate, args.zoom, args.shift)
         xb = augment(xb, run_.gen).to(device)
