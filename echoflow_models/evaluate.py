@@ -16,7 +16,9 @@ Every number comes from running the code here; the JSON records the seeds and si
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -28,7 +30,8 @@ import numpy as np
 import torch
 
 from .checkpoint import MAX_GUIDANCE, SAMPLING_NAME, load_model
-from .echonet import EchoNetWriter, load_echonet_videos, read_filelist, write_phantom_dataset
+from .echonet import FILELIST_NAME, EchoNetWriter, load_echonet_videos, read_filelist, write_phantom_dataset
+from .efnet import EFRegressor
 from .metrics import psnr, regression_metrics, ssim
 from .phantom import PatientAnatomy, render_video
 from .pipeline import EchoFlowPipeline, PrivacyGateError
@@ -53,8 +56,8 @@ class EvalSizes:
     privacy_patients: int = 24
     privacy_frames: int = 4
     regressor_steps: int = 600
-    # regressors trained per arm of (c), seeds seed..seed+n-1: one run's test MAE swings by about 3 points
-    # with its seed alone (measured: real arm 8.5 vs 5.4 for seeds 0 and 1), so (c) reports their mean
+    # regressors trained per arm of (c), seeds seed..seed+n-1: one run's test MAE swings by up to 4 points
+    # with its seed alone (measured: real arm 8.54, 5.39, 4.39 for seeds 0-2), so (c) reports their mean
     regressor_seeds: int = 3
     image_steps: int = 50
     video_steps: int = 50
@@ -210,10 +213,7 @@ def relabel_dataset(root: Path, regressor: torch.nn.Module, regressor_name: str 
     first relabelling keeps the original labels in a `RequestedEF` column (later ones keep that column and
     measure again), the CSV is replaced atomically, and `relabel.json` records the regressor and how far its
     readings are from the requested EFs."""
-    import csv
-    import os
-
-    csv_path = Path(root) / "FileList.csv"
+    csv_path = Path(root) / FILELIST_NAME
     records = read_filelist(root)  # validates the layout
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -468,7 +468,7 @@ def cmd_relabel_dataset(args: argparse.Namespace) -> int:
         regressor = load_model(folder)
     except (FileNotFoundError, CheckpointError) as exc:
         raise SystemExit(f"error: cannot load the EF regressor: {exc}") from None
-    if type(regressor).__name__ != "EFRegressor":
+    if not isinstance(regressor, EFRegressor):
         raise SystemExit(f"error: {folder} holds a {type(regressor).__name__}, not an EF regressor")
     try:
         summary = relabel_dataset(Path(args.data), regressor, str(folder))
@@ -520,12 +520,10 @@ def markdown_table(report: dict) -> str:
          "MAE <= 6, r >= 0.85"),
         ("EF response (same image, EF 20/50/80)", f"slope {r['slope_mean']:.2f}, spread across images "
          f"{r['between_image_std']:.1f}", "slope 1"),
-        *((f"EF regressor trained on {arm} (mean of {s.get('regressor_seeds', 1)} seeds)",
-           f"MAE {s[arm]['mae']:.2f} (sd {s[arm].get('mae_sd', 0.0):.2f}), RMSE {s[arm]['rmse']:.2f}, "
-           f"R2 {s[arm]['r2']:.3f}", "") for arm in ("real", "synthetic")),
-        ("EF regressor trained on synthetic, relabelled by the real-data regressor",
-         f"MAE {s['relabeled_mae']:.2f} (sd {s['synthetic_relabeled']['mae_sd']:.2f}), RMSE "
-         f"{s['synthetic_relabeled']['rmse']:.2f}, R2 {s['synthetic_relabeled']['r2']:.3f}", ""),
+        *((f"EF regressor trained on {label} (mean of {s['regressor_seeds']} seeds)",
+           f"MAE {s[arm]['mae']:.2f} (sd {s[arm]['mae_sd']:.2f}), RMSE {s[arm]['rmse']:.2f}, R2 {s[arm]['r2']:.3f}", "")
+          for arm, label in (("real", "real"), ("synthetic", "synthetic"),
+                             ("synthetic_relabeled", "synthetic, relabelled by the real-data regressor"))),
         ("synthetic / real MAE (requested labels)", f"{s['mae_ratio']:.2f}", "<= 1.25"),
         ("synthetic / real MAE (relabelled)", f"{s['relabeled_mae_ratio']:.2f}", "<= 1.25"),
         ("gate: training-patient frames rejected", f"{p['train_rejected_frac']:.1%}", ">= 95 %"),

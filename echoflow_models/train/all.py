@@ -34,7 +34,7 @@ from ..checkpoint import REID_WEIGHTS_NAME, WEIGHTS_NAME
 from ..progress import format_seconds
 from ..reid import DEFAULT_TAU
 from .common import namespace_for
-from .dataset import RECIPE_NAME
+from .dataset import RECIPE_NAME, read_recipe
 
 VIEWS = ("A4C", "PSAX", "PLAX")
 
@@ -163,10 +163,9 @@ def lvfm_data_options(data: Path, out: Path, extra_videos: int, quiet: bool, pha
     """`train dataset` options re-rendering --data's phantom patients at more EFs (starting at `phase`, at
     `heart_rate` bpm when given), or None when --data has no `dataset.json` recipe (real data, or a
     phantom written some other way)."""
-    recipe_path = data / RECIPE_NAME
-    if extra_videos <= 0 or not recipe_path.is_file():
+    recipe = read_recipe(data)
+    if extra_videos <= 0 or not recipe:
         return None
-    recipe = json.loads(recipe_path.read_text())
     frames = int(recipe["num_frames"])
     return {"out": str(out), "patients": int(recipe["num_patients"]), "seed": int(recipe["seed"]),
             "views": ",".join(recipe["views"]), "frames": frames, "extra_videos": int(extra_videos),
@@ -401,8 +400,4 @@ def _brief(result: dict) -> dict:
 
 
 def _dataset_info(data: Path) -> dict:
-    info: dict = {"path": str(data)}
-    spec = data / RECIPE_NAME
-    if spec.is_file():
-        info.update(json.loads(spec.read_text()))
-    return info
+    return {"path": str(data), **read_recipe(data)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 from collections import defaultdict
@@ -203,10 +202,10 @@ def write_phantom_masks(root: str | os.PathLike, splits=("TRAIN",), max_frames: 
     Returns the number of mask files written.
     """
     from ..phantom import PatientAnatomy, render_video
-    from .dataset import RECIPE_NAME
+    from .dataset import read_recipe
 
     root = Path(root)
-    recipe = json.loads((root / RECIPE_NAME).read_text()) if (root / RECIPE_NAME).is_file() else {}
+    recipe = read_recipe(root)
     fixed_phase, heart_rate = recipe.get("phase"), recipe.get("heart_rate")
     records = [r for r in select_records(root, splits) if r.extra.get("PatientSeed")]
     (root / MASKS_DIR).mkdir(exist_ok=True)

@@ -20,6 +20,13 @@ from ..progress import ProgressBar
 RECIPE_NAME = "dataset.json"
 
 
+def read_recipe(folder: str | Path) -> dict:
+    """The `dataset.json` recipe `train dataset` leaves beside a phantom FileList, or {} when there is none
+    (real data, or a phantom written some other way)."""
+    path = Path(folder) / RECIPE_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset folder (created; re-running resumes)")
     parser.add_argument("--patients", type=int, default=100)

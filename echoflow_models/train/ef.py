@@ -206,9 +206,9 @@ def run(args: argparse.Namespace) -> dict:
     scale = parse_time_scale(args.time_scale)
     crop = scale != (1.0, 1.0)
     # with the tempo augmentation the stored clips are long enough for the longest window
-    stored = math.ceil(args.clip_frames * max(scale[1], 1.0)) if crop else args.clip_frames
+    stored = math.ceil(args.clip_frames * max(scale[1], 1.0)) if crop else None
     x, ef, valid = load_long_clip_set(model, args.data, args.splits, args.clip_frames, args.fps, args.max_videos,
-                                      starts=2, store_frames=stored if crop else None)
+                                      starts=2, store_frames=stored)
     cfg.ef_mean = float(ef.mean())
     cfg.ef_scale = float(max(ef.std(unbiased=False), 1.0)) if len(ef) > 1 else 20.0
     opt = run_.optimizer(model.parameters())
