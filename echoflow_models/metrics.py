@@ -71,3 +71,24 @@ def regression_metrics(target: torch.Tensor, prediction: torch.Tensor) -> dict[s
         "r2": float(1 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
         "pearson_r": float(torch.sum(yc * pc) / denom) if denom > 0 else float("nan"),
     }
+
+
+def temporal_flicker(frames: torch.Tensor, window: int = 5) -> float:
+    """Mean absolute frame-to-frame texture change that a `window`-frame moving average does not follow.
+
+    uint8/float video [T, H, W] (or [T, H, W, C], first channel) -> grey levels. The heartbeat (about 1 Hz at
+    32 fps) survives a 5-frame average; speckle decorrelation between frames does not, so this reads how much
+    the texture flickers. On phantom videos it is set by the patient's speckle persistence, not by the EF.
+    """
+    x = torch.as_tensor(frames)
+    if x.ndim == 4:
+        x = x[..., 0]
+    if x.ndim != 3 or window < 2 or x.shape[0] < window:
+        raise ValueError(f"temporal_flicker expects a video [T, H, W] with T >= window >= 2, got "
+                         f"{tuple(x.shape)} and window {window}")
+    x = x.to(torch.float64)
+    flat = x.reshape(x.shape[0], -1).T[:, None]  # [H*W, 1, T]
+    smooth = F.avg_pool1d(flat, window, stride=1)[:, 0].T  # [T - window + 1, H*W]
+    half = window // 2
+    centre = x.reshape(x.shape[0], -1)[half: half + smooth.shape[0]]
+    return float((centre - smooth).abs().mean())

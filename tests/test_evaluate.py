@@ -8,9 +8,11 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from echoflow_models.evaluate import EvalSizes, frames_to_regressor_input, markdown_table
+from echoflow_models.echonet import EchoNetWriter
+from echoflow_models.evaluate import EvalSizes, flicker_ef_coupling, frames_to_regressor_input, markdown_table
 from echoflow_models.weights import bundled_weights_root
 
 REQUIRED = {
@@ -46,6 +48,11 @@ def test_quick_evaluation_writes_every_measure(tmp_path):
     assert response["requested"] == [20.0, 50.0, 80.0]
     assert len(response["measured"]) == EvalSizes.quick().response_images
     assert math.isfinite(response["slope_mean"]) and math.isfinite(response["between_image_std"])
+    flicker = report["synthetic_vs_real"]["texture_flicker"]
+    assert set(flicker) == {"real", "synthetic", "synthetic_relabeled"}
+    assert flicker["real"]["videos"] == EvalSizes.quick().train_videos and flicker["real"]["flicker_mean"] > 0
+    # the synthetic videos' flicker is read against the requested labels, then against the relabelled ones
+    assert flicker["synthetic"]["flicker_mean"] == flicker["synthetic_relabeled"]["flicker_mean"]
     # the synthetic training set was written in the EchoNet layout, the real one beside it
     assert (tmp_path / "work" / "synthetic" / "FileList.csv").is_file()
     assert (tmp_path / "work" / "real" / "FileList.csv").is_file()
@@ -68,8 +75,6 @@ def test_evaluation_refuses_weights_without_an_ef_regressor(tmp_path):
 
 
 def test_regressor_input_is_grey_in_minus_one_to_one():
-    import numpy as np
-
     frames = np.zeros((4, 8, 8, 3), dtype=np.uint8)
     frames[..., 0] = 255
     x = frames_to_regressor_input(frames)
@@ -166,3 +171,24 @@ def test_mean_over_seeds_averages_and_keeps_each_run():
     assert out["mae_sd"] == 2.0 and out["mae_per_seed"] == [4.0, 8.0]
     with pytest.raises(ValueError, match="regressor_seeds"):
         mean_over_seeds([])
+
+
+def test_flicker_ef_coupling_reads_how_flicker_follows_the_labels(tmp_path):
+    """Videos whose frame-to-frame flicker grows with their EF label couple at r = 1 with a positive slope;
+    a set whose flicker does not depend on the label reads no slope; fewer than 3 videos give NaN."""
+    signs = (-1.0) ** np.arange(16)[:, None, None]
+    coupled, flat = tmp_path / "coupled", tmp_path / "flat"
+    with EchoNetWriter(coupled, codec="ffv1") as w, EchoNetWriter(flat, codec="ffv1") as v:
+        for i, ef in enumerate((20.0, 40.0, 60.0, 80.0)):
+            amplitude = ef / 10.0
+            frames = (100.0 + amplitude * signs * np.ones((16, 8, 8))).astype(np.uint8)
+            w.add(f"V{i}", frames, 32, ef, float("nan"), float("nan"), "TRAIN")
+            v.add(f"V{i}", (100.0 + 5.0 * signs * np.ones((16, 8, 8))).astype(np.uint8), 32, ef,
+                  float("nan"), float("nan"), "TRAIN")
+    result = flicker_ef_coupling(coupled)
+    assert result["videos"] == 4 and result["pearson_r_ef"] == pytest.approx(1.0, abs=1e-3)
+    assert result["slope_per_10_ef"] == pytest.approx(0.8, abs=0.05)  # flicker = 0.8 x amplitude = 0.08 x EF
+    steady = flicker_ef_coupling(flat)
+    assert steady["flicker_mean"] == pytest.approx(4.0, abs=0.05) and math.isnan(steady["pearson_r_ef"])
+    assert steady["slope_per_10_ef"] != steady["slope_per_10_ef"] or abs(steady["slope_per_10_ef"]) < 1e-9
+    assert math.isnan(flicker_ef_coupling(coupled, split="TEST")["pearson_r_ef"])  # no TEST videos

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from echoflow_models.metrics import psnr, regression_metrics, ssim
+from echoflow_models.metrics import psnr, regression_metrics, ssim, temporal_flicker
 
 
 def test_psnr_of_a_known_error():
@@ -36,3 +36,18 @@ def test_regression_metrics():
     assert regression_metrics(y, 2 * y + 3)["pearson_r"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="matching 1-D"):
         regression_metrics(y, y[:3])
+
+
+def test_temporal_flicker_ignores_slow_change_and_reads_frame_to_frame_flicker():
+    t = torch.arange(16, dtype=torch.float64)[:, None, None]
+    static = torch.full((16, 8, 8), 90.0)
+    ramp = 50.0 + 4.0 * t.expand(16, 8, 8)  # a linear brightening: a moving average follows it exactly
+    alternating = 100.0 + 10.0 * (-1.0) ** t.expand(16, 8, 8)  # +-10 every frame
+    assert temporal_flicker(static) == 0.0
+    assert temporal_flicker(ramp) == pytest.approx(0.0, abs=1e-9)
+    # 5-frame average of +-10 alternation is +-2, so every centre frame is 8 grey levels off it
+    assert temporal_flicker(alternating) == pytest.approx(8.0)
+    rgb = alternating[..., None].expand(16, 8, 8, 3).to(torch.uint8)
+    assert temporal_flicker(rgb) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="T >= window"):
+        temporal_flicker(static[:3])
