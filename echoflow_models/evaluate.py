@@ -271,21 +271,32 @@ def mean_over_seeds(runs: list[dict]) -> dict:
     return out
 
 
-def flicker_ef_coupling(root: Path, split: str | None = None) -> dict:
-    """How a video set's texture flicker (`temporal_flicker`) goes with its EF labels: mean, spread, Pearson r
-    and the least-squares slope per 10 EF points. A generator whose flicker tracks EF far more than real videos
-    do hands the regressor trained on its videos a shortcut that real hearts do not have."""
+def video_flicker(root: Path, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """EF labels and `temporal_flicker` of every video of `split` (None = all), in FileList order."""
     pairs = [(rec.ef, temporal_flicker(torch.from_numpy(frames))) for rec, frames in load_echonet_videos(root, split)]
-    ef = np.array([p[0] for p in pairs], dtype=np.float64)
-    flicker = np.array([p[1] for p in pairs], dtype=np.float64)
+    return (np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs], dtype=np.float64))
+
+
+def flicker_coupling(flicker: np.ndarray, ef: np.ndarray) -> dict:
+    """How texture flicker goes with EF labels: mean, spread, Pearson r and the least-squares slope per 10 EF
+    points. A generator whose flicker tracks EF far more than real videos do hands the regressor trained on
+    its videos a shortcut that real hearts do not have."""
+    flicker, ef = np.asarray(flicker, dtype=np.float64), np.asarray(ef, dtype=np.float64)
+    n = len(flicker)
     # a correlation needs three videos with spread in both; a smaller set reports NaN rather than failing
-    spread = len(pairs) >= 3 and ef.std() > 0 and flicker.std() > 0
+    spread = n >= 3 and ef.std() > 0 and flicker.std() > 0
     return {
-        "videos": len(pairs), "flicker_mean": float(flicker.mean()) if pairs else float("nan"),
-        "flicker_sd": float(flicker.std()) if pairs else float("nan"),
+        "videos": n, "flicker_mean": float(flicker.mean()) if n else float("nan"),
+        "flicker_sd": float(flicker.std()) if n else float("nan"),
         "pearson_r_ef": float(np.corrcoef(ef, flicker)[0, 1]) if spread else float("nan"),
         "slope_per_10_ef": float(10.0 * np.polyfit(ef, flicker, 1)[0]) if spread else float("nan"),
     }
+
+
+def flicker_ef_coupling(root: Path, split: str | None = None) -> dict:
+    """`flicker_coupling` of the videos of an EchoNet-layout folder against their EF labels."""
+    ef, flicker = video_flicker(root, split)
+    return flicker_coupling(flicker, ef)
 
 
 def test_set(root: Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -315,9 +326,12 @@ def evaluate_synthetic_vs_real(pipe: EchoFlowPipeline, regressor: torch.nn.Modul
         return mean_over_seeds(runs)
 
     results = {"real": arm(real, "real"), "synthetic": arm(synthetic, "synthetic")}
-    flicker = {"real": flicker_ef_coupling(real, "TRAIN"), "synthetic": flicker_ef_coupling(synthetic)}
+    requested_ef, synthetic_flicker = video_flicker(synthetic)
     relabel = relabel_dataset(synthetic, regressor, regressor_name)
-    flicker["synthetic_relabeled"] = flicker_ef_coupling(synthetic)
+    relabeled_ef = np.array([r.ef for r in read_filelist(synthetic)])  # FileList order, as video_flicker's
+    flicker = {"real": flicker_ef_coupling(real, "TRAIN"),
+               "synthetic": flicker_coupling(synthetic_flicker, requested_ef),
+               "synthetic_relabeled": flicker_coupling(synthetic_flicker, relabeled_ef)}
     results["synthetic_relabeled"] = arm(synthetic, "synthetic_relabeled")
     real_train = sum(1 for r in read_filelist(real) if r.split == "TRAIN")
     synth_train = len(read_filelist(synthetic))

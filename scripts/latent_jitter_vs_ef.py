@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from echoflow_models.echonet import load_echonet_videos
+from echoflow_models.evaluate import flicker_coupling
 from echoflow_models.metrics import temporal_flicker
 from echoflow_models.pipeline import EchoFlowPipeline
 from echoflow_models.weights import default_weights_root
@@ -36,9 +37,10 @@ def as_frames(latents: torch.Tensor) -> torch.Tensor:
 
 
 def summary(jitter: np.ndarray, ef: np.ndarray) -> str:
-    r = np.corrcoef(jitter, ef)[0, 1]
-    relative_slope = 10.0 * np.polyfit(ef, jitter, 1)[0] / jitter.mean()
-    return f"mean {jitter.mean():.4f}, r with EF {r:+.2f}, slope {100 * relative_slope:+.1f} % per 10 EF points"
+    c = flicker_coupling(jitter, ef)
+    relative_slope = c["slope_per_10_ef"] / c["flicker_mean"]
+    return (f"mean {c['flicker_mean']:.4f}, r with EF {c['pearson_r_ef']:+.2f}, "
+            f"slope {100 * relative_slope:+.1f} % per 10 EF points")
 
 
 def main() -> int:
