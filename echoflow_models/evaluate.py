@@ -328,13 +328,14 @@ def evaluate_synthetic_vs_real(pipe: EchoFlowPipeline, regressor: torch.nn.Modul
     results = {"real": arm(real, "real"), "synthetic": arm(synthetic, "synthetic")}
     requested_ef, synthetic_flicker = video_flicker(synthetic)
     relabel = relabel_dataset(synthetic, regressor, regressor_name)
-    relabeled_ef = np.array([r.ef for r in read_filelist(synthetic)])  # FileList order, as video_flicker's
+    synthetic_records = read_filelist(synthetic)  # relabelled, in FileList order as video_flicker's
+    relabeled_ef = np.array([r.ef for r in synthetic_records])
     flicker = {"real": flicker_ef_coupling(real, "TRAIN"),
                "synthetic": flicker_coupling(synthetic_flicker, requested_ef),
                "synthetic_relabeled": flicker_coupling(synthetic_flicker, relabeled_ef)}
     results["synthetic_relabeled"] = arm(synthetic, "synthetic_relabeled")
     real_train = sum(1 for r in read_filelist(real) if r.split == "TRAIN")
-    synth_train = len(read_filelist(synthetic))
+    synth_train = len(synthetic_records)
     real_mae = results["real"]["mae"]
     return {
         "real_mae": real_mae, "synthetic_mae": results["synthetic"]["mae"],

@@ -86,9 +86,8 @@ def temporal_flicker(frames: torch.Tensor, window: int = 5) -> float:
     if x.ndim != 3 or window < 2 or x.shape[0] < window:
         raise ValueError(f"temporal_flicker expects a video [T, H, W] with T >= window >= 2, got "
                          f"{tuple(x.shape)} and window {window}")
-    x = x.to(torch.float64)
-    flat = x.reshape(x.shape[0], -1).T[:, None]  # [H*W, 1, T]
-    smooth = F.avg_pool1d(flat, window, stride=1)[:, 0].T  # [T - window + 1, H*W]
+    rows = x.to(torch.float64).reshape(x.shape[0], -1)  # [T, H*W]
+    smooth = F.avg_pool1d(rows.T[:, None], window, stride=1)[:, 0].T  # [T - window + 1, H*W]
     half = window // 2
-    centre = x.reshape(x.shape[0], -1)[half: half + smooth.shape[0]]
+    centre = rows[half: half + smooth.shape[0]]
     return float((centre - smooth).abs().mean())
