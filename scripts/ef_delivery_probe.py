@@ -28,6 +28,7 @@ import torch
 
 from echoflow_models.checkpoint import load_model
 from echoflow_models.evaluate import _gray, ef_regressor_folder, predict_ef
+from echoflow_models.metrics import regression_metrics
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.pipeline import EchoFlowPipeline
 from echoflow_models.weights import default_weights_root
@@ -46,11 +47,13 @@ def phantom_end_diastolic_frames(view: str, count: int, seed: int) -> np.ndarray
 
 
 def delivery_stats(requested: np.ndarray, measured: np.ndarray) -> dict:
-    error = measured - requested
+    """`regression_metrics`' MAE and Pearson r (as `evaluate` reports them), plus the slope and bias of
+    measured vs requested EF and the residual scatter about that least-squares line."""
+    metrics = regression_metrics(torch.from_numpy(requested), torch.from_numpy(measured))
     slope, intercept = np.polyfit(requested, measured, 1)
     residual = measured - (slope * requested + intercept)
-    return {"mae": float(np.abs(error).mean()), "pearson_r": float(np.corrcoef(requested, measured)[0, 1]),
-            "slope": float(slope), "bias": float(error.mean()), "residual_sd": float(residual.std()),
+    return {"mae": metrics["mae"], "pearson_r": metrics["pearson_r"], "slope": float(slope),
+            "bias": float((measured - requested).mean()), "residual_sd": float(residual.std()),
             "measured": measured.round(2).tolist()}
 
 
