@@ -550,7 +550,7 @@ def run_reid(ctx: Context, case: Case) -> dict:
     rows = 500 if s.tiny else s.bank_rows
     bank = torch.sigmoid(torch.randn(rows, 128, generator=gen))
     latents = torch.randn(case.batch, 4, 28, 28, generator=gen).to(dev)
-    gate = PrivacyGate(reid, bank)
+    gate = PrivacyGate(reid, bank, latent_shape=(4, 28, 28))
     out: dict = {"impl": {}, "notes": [f"bank of {rows} rows; the gate always runs in float32"]}
 
     def ours():

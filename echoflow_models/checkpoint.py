@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -195,6 +196,16 @@ def read_recommended_guidance(folder: str | Path) -> float | None:
     return float(value)
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights with NaN or inf in any floating tensor: they give black or NaN outputs, never an error."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or inf ({_describe(bad)}); the file is corrupt or was "
+            "saved from a diverged training run. Download it again (or retrain), do not use it"
+        )
+
+
 def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
@@ -218,6 +229,7 @@ def load_model(
         weights = folder / WEIGHTS_NAME
     state = read_safetensors(weights)
     check_state_dict(model, state, str(weights))
+    check_finite(state, str(weights))
     model.load_state_dict(state, strict=True)
     model.source_folder = str(folder)
     if class_name != REID_CLASS:
@@ -265,9 +277,14 @@ def load_tensor_asset(path: str | Path) -> object:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's own message goes on to suggest weights_only=False, i.e. running the pickle's code: only the
+        # name of the offending object is passed on.
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        found = f" ({culprit.group(1)})" if culprit else ""
         raise CheckpointError(
-            f"{path}: refusing to load: it is not plain tensors (weights_only=True rejected it: "
-            f"{str(exc).splitlines()[0]}). Only tensor assets are loaded; code in pickles never runs."
+            f"{path}: refusing to load: it holds Python objects{found}, not plain tensors. "
+            "Assets are read as tensors only and code in pickles never runs; re-create the file with "
+            "torch.save of plain tensors (e.g. {'mean': tensor, 'std': tensor} for scaling.pt)"
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read the asset ({exc}); it is truncated or corrupt") from exc
@@ -287,6 +304,8 @@ def load_anatomy_bank(path: str | Path) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor) or obj.ndim != 2 or obj.shape[0] == 0:
         shape = tuple(obj.shape) if isinstance(obj, torch.Tensor) else type(obj).__name__
         raise CheckpointError(f"{path}: an anatomy bank must be a non-empty [N, D] tensor, got {shape}")
+    if not obj.is_floating_point() or not bool(torch.isfinite(obj).all()):
+        raise CheckpointError(f"{path}: the anatomy bank holds NaN/inf or non-float values; it is corrupt")
     return obj.float()
 
 

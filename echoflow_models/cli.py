@@ -10,11 +10,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .conventions import EF_MAX, EF_MIN, VIEWS
+from .options import (
+    UsageError,
+    add_threads_arg,
+    apply_threads,
+    check_count,
+    check_output_file,
+    check_positive,
+    require,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,7 +40,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for CUDA but torch sees no GPU; use --device cpu")
+        raise UsageError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
     return device
 
 
@@ -49,24 +61,80 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def check_tau_option(args: argparse.Namespace, views: list[str]) -> None:
+    """--tau / --allow-looser-tau against the weights' calibrated tau, by the one rule (`privacy.decide_tau`),
+    before anything loads. The pipeline applies the same rule again when it builds the gates."""
+    from .privacy import GateConfigError, calibrated_tau, decide_tau
+    from .weights import default_weights_root
+
+    root = Path(args.weights).expanduser() if args.weights else default_weights_root()
+    for view in views:
+        calibrated, source = calibrated_tau(root if root.is_dir() else None, view)
+        try:
+            decide_tau(args.tau, calibrated, allow_looser=args.allow_looser_tau, calibrated_source=source,
+                       option="--tau", opt_in="--allow-looser-tau")
+        except GateConfigError as exc:
+            if args.tau is None:
+                raise  # the weights' own gates.json is broken: reported as a weights error
+            raise UsageError(str(exc)) from None
+
+
+def _check_generate_args(args: argparse.Namespace) -> dict:
+    """Every `generate` option checked before any model loads; returns what the run needs (paths, mask)."""
     from .checkpoint import MAX_GUIDANCE
+    from .conventions import check_ef
+    from .pipeline import MAX_TRIES, RETRY_SEED_STRIDE
+    from .sampling import check_seed
+
+    try:
+        check_ef(args.ef, "--ef")
+        check_seed(args.seed, (args.max_tries - 1) * RETRY_SEED_STRIDE + 1 if args.max_tries >= 1 else 1, "--seed")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_tau_option(args, [args.view.upper()])
+    check_count(args.max_tries, "--max-tries", 1, MAX_TRIES)
+    check_count(args.image_steps, "--image-steps", 1, 10_000)
+    check_count(args.video_steps, "--video-steps", 1, 10_000)
+    if args.guidance is not None:
+        require(math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE,
+                f"--guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance:g}")
+    if args.fps is not None:
+        check_positive(args.fps, "--fps", 240)
+    out = check_output_file(args.out, "--out", (".mp4", ".avi"), args.overwrite)
+    avi = None
+    if args.avi:
+        require(out.suffix.lower() == ".mp4", "--avi adds an EchoNet-style .avi beside an .mp4 --out, but --out is "
+                "already .avi; drop --avi")
+        avi = check_output_file(out.with_suffix(".avi"), "--avi", (".avi",), args.overwrite)
+    summary = check_output_file(args.json, "--json", (".json",), args.overwrite) if args.json else None
+    mask = None
+    if args.mask:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(Path(args.mask).expanduser()) as img:
+                mask = img.convert("L")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise UsageError(f"--mask {args.mask!r}: cannot read it as an image ({exc}); give a PNG/JPEG of the LV "
+                             "mask, white inside the cavity") from None
+        require(mask.getextrema()[1] > mask.getextrema()[0], f"--mask {args.mask!r} is one flat colour; the LV "
+                "cavity must be white (or light) on black")
+    return {"out": out, "avi": avi, "json": summary, "mask": mask}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import EchoFlowPipeline, PrivacyGateError
     from .progress import ProgressBar
     from .video_io import write_avi, write_mp4
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite or choose another --out")
-    if not 0 <= args.ef <= 100:
-        raise SystemExit(f"error: --ef is a percentage in [0, 100], got {args.ef}")
-    if args.guidance is not None and not 0 <= args.guidance <= MAX_GUIDANCE:
-        raise SystemExit(f"error: --guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance}")
+    checked = _check_generate_args(args)
+    out = checked["out"]
+    threads = apply_threads(args)
     device = pick_device(args.device)
     start = time.perf_counter()
     pipe = EchoFlowPipeline.from_folder(
         args.weights, args.vae, args.lifm, args.lvfm, views=[args.view.upper()], tau=args.tau,
-        similarity=args.similarity, device=device, dtype=DTYPES[args.dtype],
+        similarity=args.similarity, device=device, dtype=DTYPES[args.dtype], allow_looser_tau=args.allow_looser_tau,
     )
     load_s = time.perf_counter() - start
     quiet = args.quiet
@@ -78,53 +146,86 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         result = pipe.generate(
             view=args.view, ef=args.ef, seed=args.seed, image_steps=args.image_steps,
-            video_steps=args.video_steps, solver=args.solver, guidance=args.guidance,
+            video_steps=args.video_steps, solver=args.solver, guidance=args.guidance, mask=checked["mask"],
             max_tries=args.max_tries, progress=progress,
         )
     except PrivacyGateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     frames = result.frames.numpy()
+    fps = args.fps or result.fps
     metadata = {
         "generator": "EchoFlow (comfyui-echoflow)", "view": result.view, "ef": result.ef, "seed": result.seed,
         "image_steps": args.image_steps, "video_steps": args.video_steps, "solver": args.solver,
-        "guidance": result.guidance, "weights": str(args.weights or "bundled phantom demo"),
+        "guidance": result.guidance, "masked": checked["mask"] is not None, **pipe.provenance,
         "privacy": result.report.to_dict(),
     }
-    write_mp4(out, frames, fps=args.fps or result.fps, metadata=metadata, overwrite=args.overwrite)
-    if args.avi:
-        write_avi(out.with_suffix(".avi"), frames, fps=args.fps or result.fps, overwrite=args.overwrite)
+    if out.suffix.lower() == ".avi":
+        write_avi(out, frames, fps=fps, overwrite=args.overwrite)
+    else:
+        write_mp4(out, frames, fps=fps, metadata=metadata, overwrite=args.overwrite)
+    if checked["avi"] is not None:
+        write_avi(checked["avi"], frames, fps=fps, overwrite=args.overwrite)
     item = result.report.items[0]
     total = time.perf_counter() - start
-    print(f"privacy gate: PASS (max similarity {item.max_similarity:.6f} < tau {result.report.tau:g}, "
-          f"nearest bank row {item.nearest_index} of {result.report.bank_size}, {result.tries} tr"
-          f"{'y' if result.tries == 1 else 'ies'}, seed {result.seed})")
-    print(f"video: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} at {args.fps or result.fps:g} fps, "
-          f"view {result.view}, EF {result.ef:g} %, EF guidance {result.guidance:g} -> {out}")
+    tau_note = result.report.extra.get("tau_chosen_by", "")
+    print(f"privacy gate: PASS (max similarity {item.max_similarity:.6f} < tau {result.report.tau:g}"
+          f"{f' [{tau_note}]' if tau_note else ''}, nearest bank row {item.nearest_index} of "
+          f"{result.report.bank_size}, {result.tries} tr{'y' if result.tries == 1 else 'ies'}, seed {result.seed})")
+    print(f"video: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps, view {result.view}, "
+          f"EF {result.ef:g} %, EF guidance {result.guidance:g} -> {out}")
     t = result.timings
     print(f"timings: load {load_s:.2f}s, image {t['image_s']:.2f}s, gate {t['gate_s']:.3f}s, "
-          f"video {t['video_s']:.2f}s, decode {t['decode_s']:.2f}s, total {total:.2f}s on {device}")
-    if args.json:
-        summary = {**metadata, "out": str(out), "tries": result.tries, "timings": t, "total_s": total}
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+          f"video {t['video_s']:.2f}s, decode {t['decode_s']:.2f}s, total {total:.2f}s on {device}, "
+          f"{threads} thread{'s' if threads > 1 else ''}")
+    if checked["json"] is not None:
+        summary = {**metadata, "out": out.name, "tries": result.tries, "timings": t, "total_s": total,
+                   "threads": threads}
+        checked["json"].write_text(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Load every model strictly (shapes, finite values) and check a weights root's assets and gates.json."""
     from .checkpoint import load_model, read_model_class
+    from .conventions import VIEWS
+    from .privacy import GATES_NAME, bank_latent_shape, gate_spec, load_gate
+    from .scaling import LatentScaler
     from .weights import KINDS, find_model_folders, is_model_folder
 
     path = Path(args.path)
-    folders = [path] if is_model_folder(path) else [
-        f for kind in KINDS for f in find_model_folders(path, kind).values()
-    ]
+    is_root = not is_model_folder(path)
+    folders = [path] if not is_root else [f for kind in KINDS for f in find_model_folders(path, kind).values()]
     if not folders:
-        raise SystemExit(f"error: no model folders at {path} (expected a folder with config.json/config.yaml, "
-                         "or a root with vae/ lifm/ lvfm/ reid/)")
+        raise UsageError(f"no model folders at {path} (expected a folder with config.json/config.yaml, or a root "
+                         "with vae/ lifm/ lvfm/ reid/)")
     for folder in folders:
         model = load_model(folder)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{folder}: {read_model_class(folder)}, {params / 1e6:.2f} M parameters, loads strictly")
+        print(f"{folder}: {read_model_class(folder)}, {params / 1e6:.2f} M parameters, loads strictly, all "
+              "values finite")
+    if not is_root:
+        return 0
+    scaling = path / "assets" / "scaling.pt"
+    if scaling.is_file():
+        scaler = LatentScaler.load(scaling)
+        print(f"{scaling}: {scaler.channels} channels, finite, std > 0")
+    guarded = 0
+    for view in VIEWS:
+        try:
+            spec = gate_spec(path, view)
+        except FileNotFoundError as exc:
+            print(f"privacy gate {view}: not available ({exc})")
+            continue
+        gate = load_gate(spec)
+        bank_latent_shape(gate.reid, spec.reid_folder.name, spec.latent_shape)
+        extra = gate.report_extra
+        print(f"privacy gate {view}: {extra['reid']} + {', '.join(extra['banks'])} ({gate.bank.shape[0]} rows), "
+              f"judges latents {list(gate.latent_shape)}, tau {gate.tau:g} ({extra['calibrated_source']})")
+        guarded += 1
+    if guarded == 0:
+        print(f"no privacy gate is complete under {path}: generation will refuse to release anything "
+              f"(see {GATES_NAME} or the release's reid/ and assets/ folders)")
     return 0
 
 
@@ -132,30 +233,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoflow", description="EchoFlow synthetic echocardiography")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser("generate", help="one privacy-checked, EF-conditioned echo video -> mp4")
-    gen.add_argument("--view", default="A4C", type=str.upper, choices=["A4C", "PSAX", "PLAX"])
-    gen.add_argument("--ef", type=float, default=55.0, help="ejection fraction in percent (default 55)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", default="echoflow.mp4", help="output .mp4 path")
-    gen.add_argument("--avi", action="store_true", help="also write an EchoNet-style .avi next to the mp4")
-    gen.add_argument("--image-steps", type=int, default=50)
-    gen.add_argument("--video-steps", type=int, default=50)
-    gen.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"])
-    gen.add_argument("--guidance", type=float, default=None,
-                     help="EF guidance scale, 1 = off (default: the video model's recommended value from its "
+    gen = sub.add_parser(
+        "generate", help="one privacy-checked, EF-conditioned echo video -> mp4",
+        description="Latent image -> privacy gate (new seeds while it rejects) -> EF-conditioned latent video "
+                    "-> frames -> .mp4 (H.264) or .avi (EchoNet-style MJPEG). Every option is checked before "
+                    "any model loads; nothing is written unless the gate passed. Exit status: 0 written, "
+                    "2 bad option or weights, 3 the gate rejected every try.",
+    )
+    gen.add_argument("--view", default="A4C", type=str.upper, choices=list(VIEWS), help="echo view (default A4C)")
+    gen.add_argument("--ef", type=float, default=55.0, metavar="PERCENT",
+                     help=f"ejection fraction to animate, in percent, {EF_MIN:g}-{EF_MAX:g} (default 55; the "
+                          "released LVFM saw about 7-97, the demo 10-85)")
+    gen.add_argument("--seed", type=int, default=0, metavar="N",
+                     help="noise seed, a whole number >= 0 (default 0); the k-th retry after a gate rejection "
+                          "uses N + k * 100003, and the summary prints the seed that passed")
+    gen.add_argument("--mask", default=None, metavar="IMAGE",
+                     help="optional LV mask image (PNG/JPEG, white = LV cavity, any size), prepared as the "
+                          "reference demo does: autocontrast, threshold at 127, resize to 112 then to the latent")
+    gen.add_argument("--out", default="echoflow.mp4", metavar="PATH",
+                     help="output file: .mp4 (H.264, metadata in its comment tag) or .avi (MJPEG, EchoNet-style); "
+                          "default echoflow.mp4; never replaced without --overwrite")
+    gen.add_argument("--avi", action="store_true", help="also write an EchoNet-style .avi beside an .mp4 --out")
+    gen.add_argument("--image-steps", type=int, default=50, metavar="N",
+                     help="solver steps for the latent image, 1-10000 (default 50, as the reference)")
+    gen.add_argument("--video-steps", type=int, default=50, metavar="N",
+                     help="solver steps for the latent video, 1-10000 (default 50, as the reference)")
+    gen.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"],
+                     help="ODE solver: euler (the reference, 1 model call per step) or heun/midpoint (2 calls, "
+                          "second order)")
+    gen.add_argument("--guidance", type=float, default=None, metavar="S",
+                     help="EF guidance scale, 0-20, 1 = off (default: the video model's recommended value from its "
                           "sampling.json, e.g. the bundled demo's tuned one; 1 for the released weights)")
-    gen.add_argument("--tau", type=float, default=None, help="privacy threshold (default: the weights' own)")
-    gen.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
-    gen.add_argument("--max-tries", type=int, default=8, help="new latent images to try while the gate rejects")
-    gen.add_argument("--fps", type=float, default=None, help="frames per second (default 32)")
-    gen.add_argument("--json", default=None, help="also write a JSON summary here")
-    gen.add_argument("--overwrite", action="store_true")
+    gen.add_argument("--tau", type=float, default=None, metavar="T",
+                     help="privacy threshold in (0, 1]: an image passes only if its highest similarity to every "
+                          "training anatomy is below T (default: the weights' calibrated tau from gates.json, "
+                          "else the release's 0.9997). Lower is stricter; looser needs --allow-looser-tau")
+    gen.add_argument("--allow-looser-tau", action="store_true",
+                     help="accept a --tau above the calibrated one (more look-alikes of training patients pass); "
+                          "recorded in the metadata")
+    gen.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"],
+                     help="similarity of ReID embeddings (default pearson, the reference)")
+    gen.add_argument("--max-tries", type=int, default=8, metavar="N",
+                     help="latent images to try while the gate rejects, 1-1000 (default 8)")
+    gen.add_argument("--fps", type=float, default=None, metavar="FPS",
+                     help="frames per second of the file, > 0 and <= 240 (default 32, EchoFlow's)")
+    gen.add_argument("--json", default=None, metavar="PATH", help="also write a JSON summary (.json) here")
+    gen.add_argument("--overwrite", action="store_true", help="replace --out, the .avi and --json if they exist")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     add_weights_args(gen)
     add_runtime_args(gen)
+    add_threads_arg(gen)
     gen.set_defaults(func=cmd_generate)
 
-    info = sub.add_parser("info", help="load a model folder (or every model under a weights root) and describe it")
+    info = sub.add_parser("info", help="load a model folder (or every model under a weights root) strictly, check "
+                                       "its values, assets and gates.json, and describe it")
     info.add_argument("path")
     info.set_defaults(func=cmd_info)
 
@@ -178,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except UsageError as exc:  # before any compute: one line, status 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # CheckpointError and friends carry their own explanation

@@ -16,11 +16,20 @@ the CSV row is appended and flushed to disk. An interruption can therefore leave
 
 * a temporary ``Videos/.<name>.partial-*`` file: deleted on the next open;
 * a half-written last CSV line (no trailing newline): cut off on the next open;
-* a complete video without a row (killed between the rename and the append): **removed** on the next open,
-  since its labels were never recorded; a resumed run writes that entry again.
+* a complete video without a row (killed between the rename and the append): removed on the next open,
+  but only because the writer's journal (``.echonet-writer.journal``, one name appended and flushed before
+  each video is written) proves the writer made it; a resumed run writes that entry again.
+
+What the writer did not write it never deletes or rewrites: an AVI that is neither in the CSV nor in the
+journal is a user's file, left alone and listed in ``foreign_files`` (a new entry of the same name is
+refused). An existing ``FileList.csv`` that lacks the columns a caller asks for (a real dataset lacks
+``Source``) is refused, unless the caller opts in with ``add_missing_columns``: the original is then kept
+byte for byte as ``FileList.original.csv`` and the new ``FileList.csv`` gains the columns, empty for the
+rows that were there, so that every appended row is marked.
 
 Names already in the CSV are never rewritten (:meth:`EchoNetWriter.add` skips them), so re-running a
-generator with the same arguments completes a dataset without duplicating or touching finished entries.
+generator with the same arguments completes a dataset without duplicating or touching finished entries;
+:meth:`EchoNetWriter.find` finds a row by its extra columns (e.g. the same seed and EF) to skip duplicates.
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ __all__ = [
     "SPLITS",
     "EchoNetFormatError",
     "EchoNetRecord",
+    "DatasetLockedError",
     "EchoNetWriter",
+    "open_writer",
     "load_echonet_videos",
     "read_filelist",
     "write_phantom_dataset",
@@ -64,7 +75,14 @@ FILELIST_COLUMNS = (
 SPLITS = ("TRAIN", "VAL", "TEST")
 PHANTOM_EXTRA_COLUMNS = ("PatientID", "View", "PatientSeed")
 FILELIST_NAME = "FileList.csv"
+ORIGINAL_FILELIST_NAME = "FileList.original.csv"
 VIDEOS_DIR = "Videos"
+JOURNAL_NAME = ".echonet-writer.journal"
+LOCK_NAME = ".echonet-writer.lock"
+
+
+class DatasetLockedError(RuntimeError):
+    """Another process holds the dataset's writer lock (see :func:`open_writer`, which waits for it)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -277,9 +295,15 @@ class EchoNetWriter:
     """
 
     def __init__(
-        self, root: str | os.PathLike, extra_columns: Sequence[str] = (), *, codec: str = "mjpeg"
+        self,
+        root: str | os.PathLike,
+        extra_columns: Sequence[str] = (),
+        *,
+        codec: str = "mjpeg",
+        add_missing_columns: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
+        self.add_missing_columns = add_missing_columns
         if codec not in ("mjpeg", "ffv1"):
             raise ValueError(f"EchoNetWriter: codec must be 'mjpeg' or 'ffv1', got {codec!r}")
         self.codec = codec
@@ -288,6 +312,9 @@ class EchoNetWriter:
         for col in extra_columns:
             if col in FILELIST_COLUMNS or not col or "," in col or "\n" in col:
                 raise ValueError(f"EchoNetWriter: bad extra column name {col!r}")
+        if self.csv_path.is_file() and not add_missing_columns:
+            # refuse a foreign FileList before creating anything (not even the lock file) in its folder
+            self._missing_columns(self.csv_path.read_bytes(), extra_columns)
         try:
             self.videos_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -307,8 +334,13 @@ class EchoNetWriter:
         self.truncated_tail = False
         self.removed_partials: list[Path] = []
         self.removed_orphans: list[Path] = []
+        self.foreign_files: list[Path] = []
+        self.original_filelist: Path | None = None
         if self.csv_path.exists():
             raw = self.csv_path.read_bytes()
+            missing = self._missing_columns(raw, extra_columns)
+            if missing:
+                raw = self._add_columns(raw, missing)
             if raw and not raw.endswith(b"\n"):
                 raw = self._repair_tail(raw)
             self.columns, recs = _parse_filelist_text(raw.decode("utf-8-sig"), self.csv_path)
@@ -328,8 +360,63 @@ class EchoNetWriter:
         self._csv = csv.writer(self._fh, lineterminator="\n")
 
     # -- housekeeping ------------------------------------------------------------------------------- #
+    def _missing_columns(self, raw: bytes, extra_columns: Sequence[str]) -> list[str]:
+        """The asked-for columns the existing FileList lacks; refused unless `add_missing_columns`."""
+        try:
+            first_line = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+        except (StopIteration, UnicodeDecodeError) as exc:
+            raise EchoNetFormatError(f"{self.csv_path}: empty or not UTF-8 text ({exc})") from None
+        header = _parse_header(first_line, self.csv_path)
+        missing = [c for c in extra_columns if c not in header]
+        if missing and not self.add_missing_columns:
+            raise EchoNetFormatError(
+                f"{self.csv_path} has no column(s) {', '.join(missing)}: it was not written by this tool for "
+                "this kind of data (a real dataset?). Writing into it would mix new rows with rows that "
+                "cannot be told apart. Use a new folder, or opt in to appending (generate-dataset "
+                "--append-to-existing, or the node's append_to_existing): the original is kept as "
+                "FileList.original.csv and every new row is marked in the added columns"
+            )
+        return missing
+
+    def _add_columns(self, raw: bytes, missing: Sequence[str]) -> bytes:
+        """Opted-in append to a FileList without our columns: keep the original byte for byte beside it,
+        then atomically replace FileList.csv by the same rows with the columns added (empty cells)."""
+        original = self.root / ORIGINAL_FILELIST_NAME
+        if original.exists():
+            raise EchoNetFormatError(
+                f"{original} exists already; this tool keeps the pre-existing FileList there before adding "
+                "columns and will not replace it. Move it away first"
+            )
+        self._write_bytes(original, raw)
+        self.original_filelist = original
+        text = raw.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text)))
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(rows[0] + list(missing))
+        for row in rows[1:]:
+            if row:
+                writer.writerow(row + [""] * len(missing))
+        data = out.getvalue().encode()
+        tmp = self.csv_path.with_name(f".{FILELIST_NAME}{video_io.PARTIAL_MARKER}{os.getpid()}")
+        self._write_bytes(tmp, data)
+        os.replace(tmp, self.csv_path)
+        return data
+
+    def _journal_names(self) -> set[str]:
+        path = self.root / JOURNAL_NAME
+        if not path.is_file():
+            return set()
+        return {line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()}
+
+    def _journal(self, name: str) -> None:
+        with open(self.root / JOURNAL_NAME, "a") as fh:
+            fh.write(name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def _lock(self) -> None:
-        self._lock_fh = open(self.root / ".echonet-writer.lock", "a")
+        self._lock_fh = open(self.root / LOCK_NAME, "a")
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory lock
@@ -339,7 +426,7 @@ class EchoNetWriter:
         except OSError:
             self._lock_fh.close()
             self._lock_fh = None
-            raise RuntimeError(
+            raise DatasetLockedError(
                 f"EchoNetWriter: another process is writing to {self.root}; wait for it or use another folder"
             ) from None
 
@@ -381,13 +468,21 @@ class EchoNetWriter:
             os.fsync(fh.fileno())
 
     def _cleanup(self) -> None:
+        """Remove what an interrupted write of ours left (partial files, journalled videos without a row);
+        list, never touch, everything else."""
+        ours = self._journal_names()
         for p in sorted(self.videos_dir.iterdir()):
             if video_io.is_partial_file(p):
                 p.unlink()
                 self.removed_partials.append(p)
             elif p.suffix.lower() == ".avi" and p.stem not in self._records:
-                p.unlink()
-                self.removed_orphans.append(p)
+                if p.stem in ours:
+                    p.unlink()
+                    self.removed_orphans.append(p)
+                else:
+                    self.foreign_files.append(p)
+        if ours:  # every journalled name is now either a row or gone: start a fresh journal
+            self._write_bytes(self.root / JOURNAL_NAME, b"")
 
     # -- API ---------------------------------------------------------------------------------------- #
     @property
@@ -403,6 +498,26 @@ class EchoNetWriter:
 
     def get(self, file_name: str) -> EchoNetRecord | None:
         return self._records.get(file_name)
+
+    def find(self, ef: float | None = None, **fields: object) -> EchoNetRecord | None:
+        """The first row with this EF (when given) whose extra columns equal all of `fields` (compared as
+        text), e.g. the same weights and seeds; None when there is none. Used to never write the same
+        generation twice."""
+        wanted = {k: str(v) for k, v in fields.items()}
+        for rec in self._records.values():
+            if ef is not None and not math.isclose(rec.ef, float(ef), abs_tol=1e-6):
+                continue
+            if all(rec.extra.get(k) == v for k, v in wanted.items()):
+                return rec
+        return None
+
+    def next_free_name(self, prefix: str) -> str:
+        """``<prefix>_<n>`` with n one past every number in use (rows and files, a user's files included)."""
+        taken = [r.file_name for r in self._records.values()]
+        taken += [p.stem for p in self.videos_dir.glob(prefix + "_*.avi")]
+        start = len(prefix) + 1
+        numbers = [int(n[start:]) for n in taken if n.startswith(prefix + "_") and n[start:].isdigit()]
+        return f"{prefix}_{max(numbers, default=0) + 1:05d}"
 
     def add(
         self,
@@ -454,6 +569,12 @@ class EchoNetWriter:
                 raise ValueError(f"EchoNetWriter.add: {name} must be finite or NaN (unknown), got {value}")
         frames = video_io._check_frames(frames, "EchoNetWriter.add")
         target = self.videos_dir / f"{file_name}.avi"
+        if target.exists():
+            raise FileExistsError(
+                f"EchoNetWriter.add: {target} exists but is not in {self.csv_path}: this writer did not make it, "
+                "so it is left alone. Choose another name (or prefix), or move that file away"
+            )
+        self._journal(file_name)
         video_io.write_avi(target, frames, fps, codec=self.codec)
         rec = EchoNetRecord(
             file_name=file_name,
@@ -492,6 +613,74 @@ class EchoNetWriter:
             self.close()
         except Exception:
             pass
+
+
+def open_writer(
+    root: str | os.PathLike, extra_columns: Sequence[str] = (), *, timeout: float = 300.0, **kwargs
+) -> EchoNetWriter:
+    """An :class:`EchoNetWriter`, waiting up to `timeout` seconds while another process holds the lock
+    (parallel runs that share a dataset take turns, each holding it only while it writes)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return EchoNetWriter(root, extra_columns, **kwargs)
+        except DatasetLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# Columns of a synthetic dataset (generate-dataset and the Save EchoNet Dataset node): where every row comes
+# from, the privacy verdict it passed, and what identifies its generation, so it is never written twice.
+SYNTHETIC_COLUMNS = ("Source", "View", "MaxSimilarity", "Tau", "Seed", "VideoSeed", "Weights")
+SYNTHETIC_SOURCE = "EchoFlow"
+# A generation is identified by its weights and seeds (the EF is compared on its own column).
+GENERATION_KEY = ("Weights", "Seed", "VideoSeed")
+
+
+def check_name_prefix(prefix: str, what: str = "prefix") -> str:
+    """A file-name prefix for ``<prefix>_<n>`` names: no folders, no dots in front, EchoNet-safe characters."""
+    if not isinstance(prefix, str) or not _NAME_RE.match(prefix) or "." in prefix:
+        raise ValueError(f"{what} {prefix!r} must be letters, digits, '_' or '-' (no folders, dots or spaces)")
+    return prefix
+
+
+def append_synthetic(
+    root: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float,
+    ef: float,
+    split: str,
+    extra: dict,
+    *,
+    name: str | None = None,
+    prefix: str = "synth",
+    add_missing_columns: bool = False,
+    timeout: float = 300.0,
+) -> tuple[EchoNetRecord, bool]:
+    """Append one generated video to a synthetic dataset, holding the lock only while writing.
+
+    `extra` fills `SYNTHETIC_COLUMNS` (Source defaults to EchoFlow). If a row with the same generation key
+    (weights, seeds) and EF exists, nothing is written: returns (that row, False). Else (new row, True).
+    `name` None: the next free ``<prefix>_<n>``.
+    """
+    extra = {"Source": SYNTHETIC_SOURCE, **{k: v for k, v in extra.items() if v is not None}}
+    unknown = sorted(set(extra) - set(SYNTHETIC_COLUMNS))
+    if unknown:
+        raise ValueError(f"append_synthetic: unknown column(s) {', '.join(unknown)}; use {SYNTHETIC_COLUMNS}")
+    key = {k: extra[k] for k in GENERATION_KEY if str(extra.get(k, "")) != ""}
+    with open_writer(root, SYNTHETIC_COLUMNS, timeout=timeout, add_missing_columns=add_missing_columns) as writer:
+        if len(key) == len(GENERATION_KEY):
+            same = writer.find(ef=ef, **key)
+            if same is not None:
+                return same, False
+        name = name or writer.next_free_name(check_name_prefix(prefix))
+        if name in writer:
+            return writer.get(name), False
+        rec = writer.add(name, frames, fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split, extra=extra)
+    return rec, True
 
 
 # --------------------------------------------------------------------------------------------------- #

@@ -19,6 +19,7 @@ import base64
 import csv
 import importlib.util
 import json
+import math
 import os
 import socket
 import struct
@@ -31,6 +32,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .conventions import EF_MAX, EF_MIN, VIEWS
+from .options import (
+    UsageError,
+    add_threads_arg,
+    apply_threads,
+    check_count,
+    check_positive,
+    check_writable_folder,
+    require,
+)
 
 PACK_NAME = "echoflow_comfy_pack"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
@@ -656,6 +668,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = read_workflow(args.workflow)
     workflow_ui = data if is_ui_workflow(data) else None
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if not args.server:
+        apply_threads(args)  # in-process: this process computes
     if args.server:
         if workflow_ui is not None:
             code, info = _http("GET", args.server.rstrip("/") + "/object_info")
@@ -707,42 +721,58 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pack", default=None, help="folder of the EchoFlow node pack (default: this checkout)")
     p.add_argument("--timeout", type=float, default=3600, help="--server: seconds to wait for the run")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_run)
 
     g = subparsers.add_parser(
         "generate-dataset", help="generate a privacy-filtered synthetic dataset in the EchoNet-Dynamic layout",
         description="Generates --count videos that passed the privacy gate, with EF drawn uniformly from "
-                    "--ef-range, into DIR/Videos/*.avi + DIR/FileList.csv. Re-running resumes: finished "
-                    "videos are kept and skipped. Under torchrun each rank (RANK/WORLD_SIZE/LOCAL_RANK) makes "
-                    "its share; resume with the same world size.",
+                    "--ef-range, into DIR/Videos/*.avi + DIR/FileList.csv. Every row records where it comes "
+                    "from (Source, Weights), its seeds and its privacy verdict (MaxSimilarity, Tau). Re-running "
+                    "resumes: finished videos are kept and skipped, and a generation already in the dataset "
+                    "(same weights, seeds and EF) is never written again. Nothing this command did not write "
+                    "is deleted or rewritten. Under torchrun each rank (RANK/WORLD_SIZE/LOCAL_RANK) makes its "
+                    "share; resume with the same world size. All options are checked before any model loads.",
     )
-    g.add_argument("--count", type=int, required=True, help="videos to generate in total")
+    g.add_argument("--count", type=int, required=True, metavar="N", help="videos to generate in total (>= 1)")
     g.add_argument("--ef-range", type=float, nargs=2, default=[20.0, 80.0], metavar=("LO", "HI"),
-                   help="EF percent range (uniform), default 20 80")
-    g.add_argument("--out", required=True, help="dataset folder (created; existing content is kept)")
-    g.add_argument("--view", default="A4C", help="A4C, PSAX or PLAX")
+                   help=f"EF percent range, drawn uniformly per video, {EF_MIN:g} <= LO <= HI <= {EF_MAX:g} "
+                        "(default 20 80)")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="dataset folder (created). An existing folder is resumed if this command made it; a "
+                        "FileList.csv without its columns (a real dataset) is refused unless --append-to-existing")
+    g.add_argument("--append-to-existing", action="store_true",
+                   help="append to a FileList.csv this command did not make: the original is kept as "
+                        "FileList.original.csv and the new FileList.csv gains the Source/Seed/... columns, so "
+                        "every synthetic row stays marked")
+    g.add_argument("--view", default="A4C", type=str.upper, choices=list(VIEWS), help="echo view (default A4C)")
     g.add_argument("--weights", default=None, help="weights root in the released layout (default: "
                                                    "$ECHOFLOW_WEIGHTS or the bundled demo weights)")
-    g.add_argument("--vae", default=None)
-    g.add_argument("--lifm", default=None)
-    g.add_argument("--lvfm", default=None)
-    g.add_argument("--image-steps", type=int, default=50)
-    g.add_argument("--video-steps", type=int, default=50)
-    g.add_argument("--solver", default="euler")
-    g.add_argument("--guidance", type=float, default=None,
-                   help="EF guidance, 1 = off (default: the video model's recommended value, else 1)")
-    g.add_argument("--tau", type=float, default=None, help="privacy threshold (default: the gate's)")
-    g.add_argument("--similarity", default="pearson")
-    g.add_argument("--seed", type=int, default=0, help="base seed; candidate k uses seed + k")
-    g.add_argument("--batch-size", type=int, default=4, help="candidates sampled together")
-    g.add_argument("--fps", type=float, default=32.0)
-    g.add_argument("--prefix", default="synth", help="file names are PREFIX_<candidate>")
-    g.add_argument("--val-frac", type=float, default=0.0, help="share of videos in the VAL split")
-    g.add_argument("--test-frac", type=float, default=0.0, help="share of videos in the TEST split")
-    g.add_argument("--max-candidates", type=int, default=None,
+    g.add_argument("--vae", default=None, help="VAE folder name under vae/")
+    g.add_argument("--lifm", default=None, help="image flow folder name under lifm/")
+    g.add_argument("--lvfm", default=None, help="video flow folder name under lvfm/")
+    g.add_argument("--image-steps", type=int, default=50, metavar="N", help="solver steps per image, 1-10000")
+    g.add_argument("--video-steps", type=int, default=50, metavar="N", help="solver steps per video, 1-10000")
+    g.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"], help="ODE solver")
+    g.add_argument("--guidance", type=float, default=None, metavar="S",
+                   help="EF guidance 0-20, 1 = off (default: the video model's recommended value, else 1)")
+    g.add_argument("--tau", type=float, default=None, metavar="T",
+                   help="privacy threshold in (0, 1] (default: the weights' calibrated tau); lower is stricter, "
+                        "looser needs --allow-looser-tau")
+    g.add_argument("--allow-looser-tau", action="store_true",
+                   help="accept a --tau above the calibrated one (recorded in every row's Tau)")
+    g.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="base seed (>= 0); candidate k uses N + k")
+    g.add_argument("--batch-size", type=int, default=4, metavar="N", help="candidates sampled together (>= 1)")
+    g.add_argument("--fps", type=float, default=32.0, help="frames per second of the AVIs (> 0, default 32)")
+    g.add_argument("--prefix", default="synth", help="file names are PREFIX_<candidate> (letters, digits, _ -)")
+    g.add_argument("--val-frac", type=float, default=0.0, help="share of videos in the VAL split (0-1)")
+    g.add_argument("--test-frac", type=float, default=0.0, help="share of videos in the TEST split (0-1)")
+    g.add_argument("--max-candidates", type=int, default=None, metavar="N",
                    help="stop after this many candidates per rank (default: 20 x its quota)")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision of the flow models")
+    add_threads_arg(g)
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate_dataset)
 
@@ -823,64 +853,82 @@ def _existing_candidates(folder: Path, prefix: str) -> set[int]:
     return done
 
 
-DATASET_EXTRA = ("Source", "View", "MaxSimilarity", "Seed")
+def _check_dataset_args(args: argparse.Namespace) -> None:
+    """Every generate-dataset option checked before any model loads (UsageError: exit status 2)."""
+    from .checkpoint import MAX_GUIDANCE
+    from .cli import check_tau_option
+    from .echonet import check_name_prefix
+    from .sampling import check_seed
+
+    check_count(args.count, "--count", 1)
+    lo, hi = args.ef_range
+    require(math.isfinite(lo) and math.isfinite(hi) and EF_MIN <= lo <= hi <= EF_MAX,
+            f"--ef-range must satisfy {EF_MIN:g} <= LO <= HI <= {EF_MAX:g}, got {lo:g} {hi:g}")
+    check_count(args.batch_size, "--batch-size", 1, 1024)
+    check_count(args.image_steps, "--image-steps", 1, 10_000)
+    check_count(args.video_steps, "--video-steps", 1, 10_000)
+    check_positive(args.fps, "--fps", 240)
+    require(0 <= args.val_frac <= 1 and 0 <= args.test_frac <= 1 and args.val_frac + args.test_frac <= 1,
+            f"--val-frac and --test-frac must be in [0, 1] with a sum <= 1, got {args.val_frac:g} {args.test_frac:g}")
+    if args.max_candidates is not None:
+        check_count(args.max_candidates, "--max-candidates", 1)
+    if args.guidance is not None:
+        require(math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE,
+                f"--guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance:g}")
+    try:
+        check_name_prefix(args.prefix, "--prefix")
+        # candidates (and their seeds) run up to about 20 x count + batches
+        check_seed(args.seed, 40 * args.count + 16 * args.batch_size, "--seed")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_tau_option(args, [args.view])
 
 
-def _append_locked(folder: Path, name: str, frames, fps: float, ef: float, split: str, extra: dict,
-                   timeout: float = 300.0) -> None:
-    """Append one video, holding the dataset's writer lock only while writing it (ranks share the folder)."""
-    from .echonet import EchoNetWriter
+def _open_dataset(out: Path, append: bool) -> None:
+    """Create or check the dataset folder before any model loads: writable, and either ours (resumable) or
+    explicitly opted into (--append-to-existing)."""
+    from .echonet import SYNTHETIC_COLUMNS, EchoNetFormatError, open_writer
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            writer = EchoNetWriter(folder, DATASET_EXTRA)
-            break
-        except RuntimeError as exc:
-            if "another process" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    with writer:
-        cols = set(writer.columns)
-        writer.add(name, frames, fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split,
-                   extra={k: v for k, v in extra.items() if k in cols})
+    check_writable_folder(out, "--out")
+    try:
+        with open_writer(out, SYNTHETIC_COLUMNS, add_missing_columns=append) as writer:
+            if writer.original_filelist is not None:
+                print(f"note: {out / 'FileList.csv'} gained the columns of a synthetic dataset; the original is kept "
+                      f"as {writer.original_filelist.name}", file=sys.stderr)
+            if writer.foreign_files:
+                shown = ", ".join(p.name for p in writer.foreign_files[:5])
+                print(f"note: {len(writer.foreign_files)} video(s) in {writer.videos_dir} are not in FileList.csv "
+                      f"({shown}{', ...' if len(writer.foreign_files) > 5 else ''}); they are left alone",
+                      file=sys.stderr)
+    except EchoNetFormatError as exc:
+        raise UsageError(f"--out {out}: {exc}") from None
 
 
 def cmd_generate_dataset(args: argparse.Namespace) -> int:
     import torch
 
-    from .pipeline import VIEWS, EchoFlowPipeline
+    from .echonet import append_synthetic
+    from .pipeline import EchoFlowPipeline
 
-    if args.count < 1:
-        raise SystemExit("error: --count must be >= 1")
+    _check_dataset_args(args)
     lo, hi = args.ef_range
-    if not 0 <= lo <= hi <= 100:
-        raise SystemExit(f"error: --ef-range must satisfy 0 <= LO <= HI <= 100, got {lo} {hi}")
-    view = args.view.upper()
-    if view not in VIEWS:
-        raise SystemExit(f"error: --view must be one of {', '.join(VIEWS)}")
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch-size must be >= 1")
-    if not 0 <= args.val_frac + args.test_frac <= 1:
-        raise SystemExit("error: --val-frac + --test-frac must be within [0, 1]")
+    view = args.view
     rank, world, local = dist_env()
+    out = Path(args.out).expanduser()
+    _open_dataset(out, args.append_to_existing)
+    apply_threads(args)
     if args.device == "auto":
         device = torch.device(f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     quota = rank_quota(args.count, rank, world)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[rank {rank}/{world}] {m}", file=sys.stderr,
                                                                 flush=True))
-    from .checkpoint import CheckpointError
-
-    try:
-        pipe = EchoFlowPipeline.from_folder(args.weights, args.vae, args.lifm, args.lvfm, views=[view],
-                                            tau=args.tau, similarity=args.similarity, device=device, dtype=dtype)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
-        raise SystemExit(f"error: cannot load the models: {exc}") from None
+    pipe = EchoFlowPipeline.from_folder(args.weights, args.vae, args.lifm, args.lvfm, views=[view], tau=args.tau,
+                                        similarity=args.similarity, device=device, dtype=dtype,
+                                        allow_looser_tau=args.allow_looser_tau)
+    weights_id = f"{pipe.provenance['lifm']}+{pipe.provenance['lvfm']}"
     rejects = RejectLog(out, rank)
     bs = args.batch_size
     # Candidates come in blocks of bs consecutive indices (so a block's seeds are consecutive and the batch
@@ -895,6 +943,7 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     say(f"{len(accepted)}/{quota} videos present; generating the rest into {out}")
     block = rank
     start_time = time.perf_counter()
+    skipped = 0
     while len(accepted) < quota:
         if tried >= limit:
             raise SystemExit(f"error: rank {rank} tried {tried} candidates and {len(accepted)}/{quota} passed the "
@@ -925,25 +974,30 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
                                          seed=args.seed + keep[j]) for j, i in enumerate(idx)])
         frames = pipe.decode(videos)
         for j, c in enumerate(keep):
-            name = f"{args.prefix}_{c:07d}"
             item = report.items[idx[j]]
-            _append_locked(out, name, frames[j].numpy(), args.fps, efs[j],
-                           candidate_split(c, args.val_frac, args.test_frac),
-                           {"Source": "EchoFlow", "View": view, "MaxSimilarity": f"{item.max_similarity:.6f}",
-                            "Seed": args.seed + c})
+            extra = {"View": view, "MaxSimilarity": f"{item.max_similarity:.6f}", "Tau": f"{report.tau:.6g}",
+                     "Seed": args.seed + c, "VideoSeed": args.seed + c, "Weights": weights_id}
+            rec, written = append_synthetic(out, frames[j].numpy(), args.fps, efs[j],
+                                            candidate_split(c, args.val_frac, args.test_frac), extra,
+                                            name=f"{args.prefix}_{c:07d}")
+            if not written and rec.file_name != f"{args.prefix}_{c:07d}":
+                skipped += 1
+                say(f"candidate {c}: the same generation is already in the dataset as {rec.file_name}; not "
+                    "written again")
             accepted.add(c)
         rate = (time.perf_counter() - start_time) / max(1, tried)
         say(f"{len(accepted)}/{quota} videos ({tried} candidates, {rate:.1f}s per candidate)")
-    say(f"done: {len(accepted)} videos")
+    say(f"done: {len(accepted) - skipped} videos" + (f" ({skipped} already present under other names)"
+                                                      if skipped else ""))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m echoflow_models.headless run ...``) for when cli.py is not wired."""
-    parser = argparse.ArgumentParser(prog="echoflow")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args) or 0
+    """``python -m echoflow_models.headless run|generate-dataset ...`` (e.g. under torchrun): the `echoflow`
+    command itself, so errors are reported the same way (one line, exit status 2 for bad options)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from .conventions import IMAGE_SIZE, VIEWS  # noqa: F401  (VIEWS re-exported: phantom.VIEWS)
+
 __all__ = [
     "FAN_APEX",
     "FAN_HALF_ANGLE_DEG",
@@ -74,8 +76,6 @@ __all__ = [
     "render_video",
 ]
 
-VIEWS = ("A4C", "PSAX", "PLAX")
-IMAGE_SIZE = 112
 PIXEL_SPACING_CM = 0.15
 FAN_APEX = (1.0, 55.5)  # (row, column) in pixels
 FAN_HALF_ANGLE_DEG = 38.0

@@ -17,19 +17,41 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .checkpoint import load_model
-from .reid import DEFAULT_TAU, GateReport, PrivacyGate
-from .sampling import StepCallback, guided_velocity, sample_flow, seeded_noise
+from .conventions import EF_MAX, EF_MIN, IMAGE_SIZE, VIEWS
+from .privacy import gate_spec, load_gate
+from .reid import GateReport, PrivacyGate
+from .sampling import (
+    StepCallback,
+    check_seed,
+    check_solver,
+    check_steps,
+    guided_velocity,
+    sample_flow,
+    seeded_noise,
+)
 from .scaling import LatentScaler
 from .vae import AutoencoderKL, frames_to_model_range, model_range_to_frames
-from .weights import default_weights_root, gate_spec, resolve_model
+from .weights import default_weights_root, resolve_model, weights_source
 
-VIEWS = ("A4C", "PSAX", "PLAX")
-IMAGE_SIZE = 112
 RETRY_SEED_STRIDE = 100_003  # a retry after a gate rejection uses seed + k * stride
+MAX_TRIES = 1000
 
 
 class PrivacyGateError(RuntimeError):
     """The gate could not clear any candidate, or no gate is configured: nothing is released."""
+
+
+class GenerationError(RuntimeError):
+    """A model produced NaN/inf or a blank video: broken weights or a precision that overflows. Nothing is
+    written; the message says what to try."""
+
+
+def check_finite_output(x: torch.Tensor, stage: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise GenerationError(
+            f"the {stage} produced NaN or inf values; nothing was released. Its weights are broken or the "
+            "precision overflows: check them with `echoflow info`, or run in fp32 (--dtype fp32)"
+        )
 
 
 def view_index(view: str | int) -> int:
@@ -41,16 +63,23 @@ def view_index(view: str | int) -> int:
 
 
 def _mask_batch(mask: torch.Tensor | np.ndarray | Image.Image) -> torch.Tensor:
-    """Any mask -> float [B, H, W]."""
+    """Any mask -> float [B, H, W]. Colour masks ([H, W, 3|4], [B, H, W, 3|4]) are read by their luminance:
+    a picture of a mask is one mask, not three."""
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    mask = torch.as_tensor(mask).float()
+    mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).float()
+    colour = mask.ndim in (3, 4) and mask.shape[-1] in (3, 4) and mask.shape[-2] > 4 and mask.shape[-3] > 4
+    if colour:
+        mask = (mask[..., :3] * torch.tensor([0.299, 0.587, 0.114])).sum(-1)
     if mask.ndim == 2:
         mask = mask[None]
     elif mask.ndim == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be [H, W], [B, H, W] or [B, 1, H, W], got shape {tuple(mask.shape)}")
+    if mask.ndim != 3 or min(mask.shape[-2:]) < 2:
+        raise ValueError(f"mask must be [H, W], [B, H, W], [B, 1, H, W] or a colour image [H, W, 3], got shape "
+                         f"{tuple(mask.shape)}")
+    if not bool(torch.isfinite(mask).all()):
+        raise ValueError("mask holds NaN or inf values")
     return mask
 
 
@@ -84,8 +113,8 @@ def ef_fractions(ef: float | Sequence[float] | torch.Tensor, batch: int) -> torc
         values = values.expand(batch)
     if values.numel() != batch:
         raise ValueError(f"got {values.numel()} EF values for a batch of {batch}")
-    if not torch.isfinite(values).all() or (values < 0).any() or (values > 100).any():
-        raise ValueError(f"EF must be a percentage in [0, 100], got {values.tolist()}")
+    if not torch.isfinite(values).all() or (values < EF_MIN).any() or (values > EF_MAX).any():
+        raise ValueError(f"EF must be a percentage in [{EF_MIN:g}, {EF_MAX:g}], got {values.tolist()}")
     return values / 100.0
 
 
@@ -140,6 +169,8 @@ class EchoFlowPipeline:
         self.scaler = scaler
         self.gates = dict(gates or {})
         self.fps = fps
+        # What produced this pipeline's outputs, for metadata (names relative to the weights root).
+        self.provenance: dict[str, str] = {}
         if scaler is not None and vae is not None and scaler.channels != vae.latent_channels:
             raise ValueError(
                 f"scaling.pt has {scaler.channels} channels but the VAE has {vae.latent_channels} latent channels"
@@ -159,25 +190,33 @@ class EchoFlowPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         load_generators: bool = True,
+        allow_looser_tau: bool = False,
     ) -> EchoFlowPipeline:
-        """Load everything from a weights root in the released layout (default: the bundled demo weights)."""
+        """Load everything from a weights root in the released layout (default: the bundled demo weights).
+
+        `tau` None: each view's calibrated tau (`gates.json`, else 0.9997); a looser one than calibrated is
+        refused unless `allow_looser_tau` (see `privacy.decide_tau`). The gates are checked before the
+        generators load, so a bad gate setting fails in a second, not after the big models."""
         root = Path(root) if root else default_weights_root()
         if not root.is_dir():
             raise FileNotFoundError(f"weights folder {root} does not exist")
-        vae_model = load_model(resolve_model(root, "vae", vae), device, torch.float32)
+        gates = {}
+        for view in views:
+            gates[view] = load_gate(gate_spec(root, view), tau, allow_looser_tau=allow_looser_tau,
+                                    similarity=similarity, device=device)
+        folders = {"vae": resolve_model(root, "vae", vae)}
+        if load_generators:
+            folders.update(lifm=resolve_model(root, "lifm", lifm), lvfm=resolve_model(root, "lvfm", lvfm))
+        vae_model = load_model(folders["vae"], device, torch.float32)
         scaler = LatentScaler.load(root / "assets" / "scaling.pt")
         lifm_model = lvfm_model = None
         if load_generators:
-            lifm_model = load_model(resolve_model(root, "lifm", lifm), device, dtype)
-            lvfm_model = load_model(resolve_model(root, "lvfm", lvfm), device, dtype)
-        gates = {}
-        for view in views:
-            spec = gate_spec(root, view)
-            gate_tau = tau if tau is not None else (spec.tau or DEFAULT_TAU)
-            gates[view] = PrivacyGate.from_folder(
-                spec.reid_folder, spec.bank_paths, gate_tau, similarity, device=device, view=view
-            )
-        return cls(vae_model, scaler, lifm_model, lvfm_model, gates, device, dtype)
+            lifm_model = load_model(folders["lifm"], device, dtype)
+            lvfm_model = load_model(folders["lvfm"], device, dtype)
+        pipe = cls(vae_model, scaler, lifm_model, lvfm_model, gates, device, dtype)
+        pipe.provenance = {"weights": weights_source(root),
+                           **{kind: f"{kind}/{Path(folder).name}" for kind, folder in folders.items()}}
+        return pipe
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -224,8 +263,11 @@ class EchoFlowPipeline:
     ) -> torch.Tensor:
         """Latent images [B, C, h, w] for one view; sample i uses seed + i."""
         lifm = self._require(self.lifm, "image flow model (LIFM)")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        check_steps(steps)
+        check_solver(solver)
+        check_seed(seed, batch_size)
         c, h, w = self.latent_shape
         labels = torch.full((batch_size,), view_index(view), dtype=torch.long, device=self.device)
         seg = None
@@ -234,12 +276,14 @@ class EchoFlowPipeline:
             if seg.shape[0] not in (1, batch_size):
                 raise ValueError(f"got {seg.shape[0]} masks for a batch of {batch_size}; pass 1 or {batch_size}")
             seg = seg.expand(batch_size, -1, -1, -1).to(self.device, self.dtype)
-        noise = seeded_noise((c, h, w), range(seed, seed + batch_size), self.device, self.dtype)
+        noise = seeded_noise((c, h, w), range(seed, seed + batch_size), self.device, torch.float32)
 
         def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return lifm(z, t, labels, seg)
 
-        return sample_flow(velocity, noise, steps, solver, callback).float().cpu()
+        images = sample_flow(velocity, noise, steps, solver, callback, model_dtype=self.dtype).cpu()
+        check_finite_output(images, "image flow model (LIFM)")
+        return images
 
     def check_privacy(self, latents: torch.Tensor, view: str | int) -> GateReport:
         """Fails closed: without a gate for the view this raises instead of passing anything."""
@@ -273,6 +317,9 @@ class EchoFlowPipeline:
         lvfm = self._require(self.lvfm, "video flow model (LVFM)")
         if guidance is None:
             guidance = self.default_guidance
+        check_steps(steps)
+        check_solver(solver)
+        check_seed(seed, max(1, latents.shape[0]))
         if latents.ndim != 4 or latents.shape[1] != lvfm.latent_channels:
             raise ValueError(
                 f"animate expects latent images [B, {lvfm.latent_channels}, h, w], got {tuple(latents.shape)}"
@@ -288,8 +335,10 @@ class EchoFlowPipeline:
             {"ef": ef_frac, "cond": cond, "drop_ef": ~keep},
             float(guidance),
         )
-        noise = seeded_noise((c, frames, h, w), range(seed, seed + b), self.device, self.dtype)
-        return sample_flow(velocity, noise, steps, solver, callback).float().cpu()
+        noise = seeded_noise((c, frames, h, w), range(seed, seed + b), self.device, torch.float32)
+        videos = sample_flow(velocity, noise, steps, solver, callback, model_dtype=self.dtype).cpu()
+        check_finite_output(videos, "video flow model (LVFM)")
+        return videos
 
     @torch.inference_mode()
     def decode(
@@ -306,6 +355,7 @@ class EchoFlowPipeline:
             raise ValueError(f"decode expects [B, C, h, w] or [B, C, T, h, w] latents, got {tuple(latents.shape)}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        check_finite_output(latents, "latents given to the decoder")
         vae, scaler = self._vae_and_scaler()
         out = []
         chunks = flat.split(chunk_size)
@@ -316,7 +366,14 @@ class EchoFlowPipeline:
                 callback(i + 1, len(chunks), chunk)
         pixels = torch.cat(out)
         if latents.ndim == 5:
-            return pixels.reshape(b, t, *pixels.shape[1:])
+            pixels = pixels.reshape(b, t, *pixels.shape[1:])
+        flat_items = pixels.reshape(pixels.shape[0], -1)
+        blank = (flat_items.amax(1) == flat_items.amin(1)).nonzero().flatten().tolist()
+        if blank:
+            raise GenerationError(
+                f"decoded item(s) {blank} are blank (every pixel {int(flat_items[blank[0], 0])}); nothing was "
+                "released. The VAE or the latents are broken: check the weights with `echoflow info`"
+            )
         return pixels
 
     @torch.inference_mode()
@@ -351,6 +408,11 @@ class EchoFlowPipeline:
         """
         if guidance is None:
             guidance = self.default_guidance
+        if isinstance(max_tries, bool) or not isinstance(max_tries, int) or not 1 <= max_tries <= MAX_TRIES:
+            raise ValueError(f"max_tries must be a whole number in [1, {MAX_TRIES}], got {max_tries!r}")
+        check_seed(seed, (max_tries - 1) * RETRY_SEED_STRIDE + 1)
+        view_index(view)
+        ef_fractions(ef, 1)
 
         def stage(name: str) -> StepCallback | None:
             return progress(name) if progress is not None else None
@@ -372,7 +434,8 @@ class EchoFlowPipeline:
             sims = ", ".join(f"{r.items[0].max_similarity:.6f}" for r in reports)
             raise PrivacyGateError(
                 f"the privacy gate rejected all {max_tries} latent images (max similarities {sims} >= "
-                f"tau {reports[-1].tau:g}); nothing was released. Try another seed or a larger --max-tries."
+                f"tau {reports[-1].tau:g}); nothing was released. Try another seed or a larger --max-tries "
+                "(or check that the weights and the gate belong together: `echoflow info`)."
             )
         start = time.perf_counter()
         video = self.animate(image, ef, video_steps, solver, guidance, try_seed, stage("video"))

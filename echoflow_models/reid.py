@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +214,9 @@ class GateReport:
 
 class PrivacyGate:
     """ReID network + anatomy bank + tau. `check(latents)` -> `GateReport`; nothing passes unless it is
-    strictly below tau and finite."""
+    strictly below tau and finite. The gate judges only latents of `latent_shape` ([C, h, w], the shape the
+    bank was embedded from): anything else is refused, since the ReID's global pooling would embed any size
+    and the similarity would mean nothing. `privacy.load_gate` builds one from a weights root."""
 
     def __init__(
         self,
@@ -224,11 +225,20 @@ class PrivacyGate:
         tau: float = DEFAULT_TAU,
         similarity: str = "pearson",
         view: str | None = None,
+        *,
+        latent_shape: Sequence[int],
+        report_extra: dict | None = None,
     ):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0.0 < float(tau) <= 1.0:
+            raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
+        shape = tuple(int(v) for v in latent_shape)
+        if len(shape) != 3 or min(shape) < 1 or shape[0] != reid.config.in_channels:
+            raise ValueError(
+                f"latent_shape must be [C, h, w] with C = the ReID's {reid.config.in_channels} input channels, "
+                f"got {list(latent_shape)}"
+            )
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"anatomy bank must be a non-empty [N, D] tensor, got shape {tuple(bank.shape)}")
         if bank.shape[1] != reid.config.out_channels:
@@ -238,6 +248,11 @@ class PrivacyGate:
             )
         if not torch.isfinite(bank).all():
             raise ValueError("anatomy bank contains NaN or inf rows; it is corrupt")
+        if bank.min() < 0 or bank.max() > 1:
+            raise ValueError(
+                f"anatomy bank values span [{float(bank.min()):.3g}, {float(bank.max()):.3g}] but a bank holds "
+                "sigmoid ReID embeddings in [0, 1]; it was not made by this ReID model (or is corrupt)"
+            )
         self.reid = reid.eval()
         device = next(reid.parameters()).device
         self.bank = bank.float().to(device)
@@ -245,24 +260,8 @@ class PrivacyGate:
         self.tau = float(tau)
         self.similarity = similarity
         self.view = view
-
-    @classmethod
-    def from_folder(
-        cls,
-        reid_folder: str | Path,
-        bank_paths: Sequence[str | Path],
-        tau: float = DEFAULT_TAU,
-        similarity: str = "pearson",
-        device: str | torch.device = "cpu",
-        view: str | None = None,
-    ) -> PrivacyGate:
-        from .checkpoint import load_anatomy_bank, load_model
-
-        if not bank_paths:
-            raise ValueError("the privacy gate needs at least one anatomy bank (anatomies_*.pt)")
-        reid = load_model(reid_folder, device=device, dtype=torch.float32)
-        bank = torch.cat([load_anatomy_bank(p) for p in bank_paths], dim=0)
-        return cls(reid, bank, tau=tau, similarity=similarity, view=view)
+        self.latent_shape = shape
+        self.report_extra = dict(report_extra or {})
 
     @property
     def in_channels(self) -> int:
@@ -271,10 +270,11 @@ class PrivacyGate:
     @torch.no_grad()
     def similarities(self, latents: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """latents [B, C, h, w] -> (max similarity [B], nearest bank index [B]) with one matmul per chunk."""
-        if latents.ndim != 4 or latents.shape[1] != self.in_channels:
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(
-                f"privacy gate expects latent images [B, {self.in_channels}, h, w], got {tuple(latents.shape)}; "
-                "check that the gate's ReID model matches the VAE the latents come from"
+                f"the privacy gate judges latent images [B, {', '.join(map(str, self.latent_shape))}] (the shape "
+                f"its anatomy bank was built from) but got {list(latents.shape)}; it cannot judge these. Load "
+                "the gate released with the VAE these latents come from, or give latents of that shape"
             )
         device = self.bank.device
         best, index = [], []
@@ -293,7 +293,8 @@ class PrivacyGate:
         for value, idx in zip(best.tolist(), index.tolist(), strict=True):
             passed = value == value and value < self.tau  # NaN/inf never pass
             items.append(GateItem(max_similarity=float(value), nearest_index=int(idx), passed=bool(passed)))
-        return GateReport(items, self.tau, self.similarity, int(self.bank.shape[0]), self.view)
+        extra = {"latent_shape": list(self.latent_shape), **self.report_extra}
+        return GateReport(items, self.tau, self.similarity, int(self.bank.shape[0]), self.view, extra)
 
 
 def select_tau(train_embeddings: torch.Tensor, heldout_embeddings: torch.Tensor, percentile: float = 95.0,

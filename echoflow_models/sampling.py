@@ -3,6 +3,10 @@
 Convention (the reference's): t = 1 is noise, t = 0 is data, the network predicts the velocity
 dz/dt and is fed the raw t in [0, 1]. Sampling integrates from t = 1 to t = 0 on the fixed grid
 `linspace(1, 0, steps + 1)`; Euler reproduces the reference's `odeint(method="euler")` step for step.
+
+Precision: the time grid and the ODE state are float32 whatever the model runs in. A bf16 grid cannot
+even represent 500 distinct steps near t = 1 (bf16 has 8 significant bits), so some steps would have size
+zero and others twice the size; the model sees the state cast to its own dtype on every call.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 SOLVERS = ("euler", "heun", "midpoint")
-# Network evaluations per step, for progress reporting and cost estimates.
-EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
+STATE_DTYPE = torch.float32  # the integrator's state and time grid, whatever the model's dtype
+MAX_STEPS = 10_000
+# torch generators take seeds in [0, 2**64 - 1]; sample i of a batch uses seed + i.
+MAX_SEED = 2**64 - 1
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z [B, ...], t [B]) -> v
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, total, z)
@@ -29,14 +35,49 @@ def seeded_noise(
 
     Drawing on the CPU makes a seed give the same sample on every device and in every batch size.
     """
-    samples = [torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+    seeds = [check_seed(s) for s in seeds]
+    samples = [torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
     return torch.stack(samples).to(device=device, dtype=dtype)
 
 
+def check_seed(seed: object, span: int = 1, what: str = "seed") -> int:
+    """`seed` as an int such that seed .. seed + span - 1 are all valid generator seeds; ValueError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int | float) or float(seed) != int(seed):
+        raise ValueError(f"{what} must be a whole number, got {seed!r}")
+    seed = int(seed)
+    if seed < 0 or seed + max(1, span) - 1 > MAX_SEED:
+        raise ValueError(f"{what} must be in [0, {MAX_SEED - max(1, span) + 1}] (seeds of this run go up to "
+                         f"seed + {max(1, span) - 1}), got {seed}")
+    return seed
+
+
+def check_steps(steps: object, what: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{what} must be a whole number in [1, {MAX_STEPS}], got {steps!r}")
+    return steps
+
+
+def check_solver(solver: object) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    return str(solver)
+
+
 def time_grid(steps: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """float32 [steps + 1] from 1 (noise) to 0 (data); never in the model's dtype (see the module doc)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return torch.linspace(1.0, 0.0, steps + 1, device=device)
+    return torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=STATE_DTYPE)
+
+
+def _state_velocity(velocity: VelocityFn, model_dtype: torch.dtype) -> VelocityFn:
+    """velocity on float32 state: the model sees z in its dtype; its output is copied into a fresh float32
+    tensor, so a later call cannot overwrite it (CUDA-graph and `reduce-overhead` outputs are reused buffers)."""
+
+    def evaluate(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return velocity(z.to(model_dtype), t).to(STATE_DTYPE, copy=True)
+
+    return evaluate
 
 
 def sample_flow(
@@ -45,19 +86,22 @@ def sample_flow(
     steps: int = 50,
     solver: str = "euler",
     callback: StepCallback | None = None,
+    model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Integrate dz/dt = velocity(z, t) from t = 1 (noise) to t = 0 on a fixed grid.
+    """Integrate dz/dt = velocity(z, t) from t = 1 (noise) to t = 0 on a fixed grid; returns float32.
 
     euler: z += dt * v(z, t_k)  (1 evaluation per step, the reference's sampler)
     heun: trapezoidal predictor-corrector (2 evaluations, second order)
     midpoint: explicit midpoint (2 evaluations, second order)
-    The grid lives on the noise's device and is never read back to the host inside the loop.
+    The state and the grid are float32; `velocity` receives z in `model_dtype` (default: the noise's dtype)
+    and t in float32. The grid lives on the noise's device and is never read back to the host in the loop.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    grid = time_grid(steps, noise.device).to(noise.dtype)
+    check_solver(solver)
+    check_steps(steps)
+    velocity = _state_velocity(velocity, model_dtype or noise.dtype)
+    grid = time_grid(steps, noise.device)
     batch = noise.shape[0]
-    z = noise
+    z = noise.to(STATE_DTYPE)
     for k in range(steps):
         t0, t1 = grid[k], grid[k + 1]
         dt = t1 - t0
@@ -133,6 +177,7 @@ def sample_flow_cuda_graph(
     steps: int = 50,
     callback: StepCallback | None = None,
     warmup: int = 2,
+    model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Euler sampling with one step (velocity + update) captured as a CUDA graph and replayed per step.
 
@@ -140,14 +185,18 @@ def sample_flow_cuda_graph(
     overhead: the step reads the time and step size from device buffers that are refreshed
     (device-to-device copies, no host sync) before each replay. `velocity` must be capturable: fixed
     shapes, no host synchronisation, no CPU tensors created inside. The callback receives the graph's
-    state buffer, which the next step overwrites: copy it to keep it.
+    state buffer, which the next step overwrites: copy it to keep it. As in `sample_flow`, the state, the
+    grid and the step sizes are float32 and the model sees z in `model_dtype` (default: the noise's dtype).
+    Only Euler is offered: one capture holds one evaluation, so no output is read after the next replay.
     """
     if noise.device.type != "cuda":
         raise ValueError("sample_flow_cuda_graph needs CUDA tensors; use sample_flow on other devices")
-    grid = time_grid(steps, noise.device).to(noise.dtype)
-    step_sizes = grid[1:] - grid[:-1]  # [steps], negative
+    check_steps(steps)
+    velocity = _state_velocity(velocity, model_dtype or noise.dtype)
+    grid = time_grid(steps, noise.device)
+    step_sizes = grid[1:] - grid[:-1]  # [steps], negative, float32
     batch = noise.shape[0]
-    z = noise.clone()
+    z = noise.to(STATE_DTYPE, copy=True)
     t = grid[:1].expand(batch).clone()
     dt = step_sizes[:1].clone()
 

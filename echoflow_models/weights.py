@@ -9,26 +9,18 @@ Both use the released layout:
     <root>/ef/<name>/       config.json + diffusion_pytorch_model.safetensors (EF regressor; ours)
     <root>/assets/          scaling.pt, anatomies_<name>.pt
 
-Which ReID model and anatomy banks guard which view comes from `<root>/gates.json` when present, else
-from the release's own mapping (the reference demo's `reid_urls` / `anatomies`).
+Which ReID model and anatomy banks guard which view, and at which tau, is `privacy.py`'s business
+(`<root>/gates.json` when present, else the release's own mapping).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("vae", "lifm", "lvfm", "reid", "ef")
 ENV_WEIGHTS = "ECHOFLOW_WEIGHTS"
 
-# The released mapping from the reference demo (spec 1.4).
-RELEASED_GATES = {
-    "A4C": ("dynamic-4f4", ["anatomies_dynamic.pt", "anatomies_ped_a4c.pt"]),
-    "PSAX": ("ped_psax-4f4", ["anatomies_ped_psax.pt"]),
-    "PLAX": ("lvh-4f4", ["anatomies_lvh.pt"]),
-}
 RELEASED_VAE = "avae-4f4"  # the only VAE the released generative models and scaling.pt were trained on
 
 
@@ -79,33 +71,14 @@ def resolve_model(root: str | Path, kind: str, name: str | None = None) -> Path:
     return next(iter(found.values()))
 
 
-@dataclass
-class GateSpec:
-    reid_folder: Path
-    bank_paths: list[Path]
-    tau: float | None = None
-
-
-def gate_spec(root: str | Path, view: str) -> GateSpec:
-    """Which ReID folder and anatomy banks guard `view` under this weights root."""
-    root = Path(root)
-    manifest = root / "gates.json"
-    if manifest.is_file():
-        table = json.loads(manifest.read_text())
-        if view not in table:
-            raise KeyError(f"{manifest} has no privacy gate for view {view!r} (has {', '.join(table)})")
-        entry = table[view]
-        reid, banks, tau = entry["reid"], entry["banks"], entry.get("tau")
-    elif view in RELEASED_GATES:
-        reid, banks = RELEASED_GATES[view]
-        tau = None
-    else:
-        raise KeyError(f"no privacy gate known for view {view!r}")
-    spec = GateSpec(root / "reid" / reid, [root / "assets" / b for b in banks], tau)
-    missing = [str(p) for p in [spec.reid_folder, *spec.bank_paths] if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"privacy gate for {view} is incomplete under {root}: missing {', '.join(missing)}. Without the "
-            "ReID model and its anatomy banks no latent can be released."
-        )
-    return spec
+def weights_source(root: str | Path | None) -> str:
+    """Where a run's weights come from, for metadata and summaries, without the machine's absolute paths."""
+    if root is None:
+        root = default_weights_root()
+    root = Path(root).expanduser()
+    if root.resolve() == bundled_weights_root():
+        return "bundled phantom demo"
+    env = os.environ.get(ENV_WEIGHTS)
+    if env and Path(env).expanduser().resolve() == root.resolve():
+        return f"${ENV_WEIGHTS} (weights root '{root.resolve().name}')"
+    return f"weights root '{root.resolve().name}'"

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
+from echoflow_models.conventions import EF_MAX, EF_MIN, VIEWS  # noqa: F401  (re-exported to the nodes)
+
 from . import comfy_bridge as bridge
 
 CATEGORY = "EchoFlow"
-VIEWS = ("A4C", "PSAX", "PLAX")
 
 # Private socket types: EchoFlow latents are scaled A-VAE latents that core VAE/KSampler nodes must
 # never receive, and the models are EchoFlow modules, not core MODEL/VAE objects.
@@ -49,7 +50,7 @@ def select_items(latent: dict, indices: list[int]) -> dict:
     """A copy of an ECHOFLOW_LATENT keeping the batch items ``indices`` (per-item metadata follows)."""
     out = dict(latent)
     out["samples"] = latent["samples"][indices]
-    for key in ("seeds", "ef"):
+    for key in ("seeds", "video_seeds", "ef"):
         if isinstance(latent.get(key), list) and len(latent[key]) == latent["samples"].shape[0]:
             out[key] = [latent[key][i] for i in indices]
     out["source_indices"] = [latent.get("source_indices", list(range(latent["samples"].shape[0])))[i] for i in indices]

@@ -174,28 +174,44 @@ class EchoFlowLoadVideoFlow:
         return (_load(folder, "lvfm", model_name, precision, "flow"),)
 
 
-def _auto_banks(reid_folder: Path, view: str) -> list[Path]:
-    """The anatomy banks the release pairs with ``view``: names from a ``gates.json`` (the ReID's own
-    weights root first, then every model root) or the release's table, found in any ``assets/`` folder."""
-    import json
-
-    from echoflow_models.weights import RELEASED_GATES
-
+def _gate_roots(reid_folder: Path) -> list[Path]:
+    """Weights roots whose gates.json / assets/ may belong to this ReID: its own root first."""
     roots = [bridge.model_root_of(reid_folder), *bridge.model_roots()]
     demo = bridge.demo_root()
     if demo is not None:
         roots.append(demo)
+    unique: list[Path] = []
+    for root in roots:
+        if root not in unique:
+            unique.append(root)
+    return unique
+
+
+def _own_gate_entry(reid_folder: Path, view: str) -> dict | None:
+    """The first gates.json entry for `view` that names this ReID (its own weights root first, then every
+    model root): the source of the calibrated tau and of the banks' latent shape. A malformed gates.json
+    is an error naming the file."""
+    from echoflow_models.privacy import read_gates_manifest
+
+    for root in _gate_roots(reid_folder):
+        entry = (read_gates_manifest(root) or {}).get(view)
+        if entry is not None and entry["reid"] == reid_folder.name:
+            return entry
+    return None
+
+
+def _auto_banks(reid_folder: Path, view: str) -> list[Path]:
+    """The anatomy banks the release pairs with ``view``: names from a ``gates.json`` (the ReID's own
+    weights root first, then every model root) or the release's table, found in any ``assets/`` folder."""
+    from echoflow_models.privacy import RELEASED_GATES, read_gates_manifest
+
+    roots = _gate_roots(reid_folder)
     names = None
     for root in roots:
-        manifest = root / "gates.json"
-        if manifest.is_file():
-            try:
-                table = json.loads(manifest.read_text())
-            except ValueError as exc:
-                raise EchoFlowInputError(f"{manifest} is not valid JSON: {exc}") from exc
-            if view in table:
-                names = list(table[view]["banks"])
-                break
+        table = read_gates_manifest(root)
+        if table is not None and view in table:
+            names = list(table[view]["banks"])
+            break
     if names is None:
         if view not in RELEASED_GATES:
             raise EchoFlowInputError(f"no anatomy banks known for view {view!r}; choose a bank file")
@@ -211,6 +227,19 @@ def _auto_banks(reid_folder: Path, view: str) -> list[Path]:
             "release's anatomies_*.pt in ComfyUI/models/echoflow/assets/ or choose bank files explicitly."
         )
     return paths
+
+
+def _display_path(path: Path) -> str:
+    """An asset or model path as the loaders list it (relative to its model root, demo/... for the bundled
+    weights): what reports may show, never the machine's absolute path."""
+    path = Path(path).resolve()
+    demo = bridge.demo_root()
+    for root, prefix in [*((r, "") for r in bridge.model_roots()), *(((demo, bridge.DEMO_PREFIX),) if demo else ())]:
+        try:
+            return prefix + path.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            continue
+    return path.name
 
 
 class EchoFlowLoadPrivacyGate:
@@ -242,9 +271,15 @@ class EchoFlowLoadPrivacyGate:
                 "bank": (banks, {"default": bridge.AUTO, "tooltip": "Anatomy bank (anatomies_*.pt: one ReID "
                                  "embedding per real training anatomy). 'auto' takes the banks the release "
                                  "pairs with this view (A4C: dynamic + ped_a4c) next to the ReID folder."}),
-                "tau": ("FLOAT", {"default": 0.9997, "min": 0.5, "max": 1.0, "step": 0.0001, "round": 0.00001,
+                "tau": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001, "round": 0.00001,
                                   "tooltip": "Similarity threshold: a latent passes only if its maximum "
-                                  "similarity to the bank is strictly below tau (the release uses 0.9997)."}),
+                                  "similarity to the bank is strictly below tau. 0 = the weights' calibrated "
+                                  "tau (gates.json beside the ReID model, else the release's 0.9997), shown "
+                                  "on the node after a run. A lower value is stricter; a higher one than "
+                                  "calibrated needs allow_looser_tau."}),
+                "allow_looser_tau": ("BOOLEAN", {"default": False, "tooltip": "Accept a tau above the calibrated "
+                                                 "one: more look-alikes of training patients pass. Recorded in "
+                                                 "the privacy report."}),
                 "similarity": (["pearson", "cosine"], {"default": "pearson", "tooltip": "Similarity of ReID "
                                                        "embeddings: Pearson correlation (the reference) or "
                                                        "cosine."}),
@@ -257,10 +292,21 @@ class EchoFlowLoadPrivacyGate:
             },
         }
 
-    def load(self, reid_name, view, bank, tau, similarity, extra_bank="none", extra_bank_2="none"):
+    def load(self, reid_name, view, bank, tau, similarity, allow_looser_tau=False, extra_bank="none",
+             extra_bank_2="none"):
         from echoflow_models.checkpoint import load_anatomy_bank
+        from echoflow_models.privacy import GateConfigError, bank_latent_shape, decide_tau
 
+        if view not in VIEWS:
+            raise EchoFlowInputError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
         folder = bridge.resolve_model("reid", reid_name)
+        own = _own_gate_entry(folder, view)
+        requested = None if isinstance(tau, int | float) and not isinstance(tau, bool) and tau == 0 else tau
+        try:
+            decision = decide_tau(requested, own["tau"] if own else None, allow_looser=bool(allow_looser_tau),
+                                  calibrated_source="gates.json", option="tau", opt_in="allow_looser_tau")
+        except GateConfigError as exc:
+            raise EchoFlowInputError(str(exc)) from None
         if bank == bridge.AUTO:
             paths = _auto_banks(folder, view)
         else:
@@ -278,9 +324,15 @@ class EchoFlowLoadPrivacyGate:
                 f"anatomy bank rows are {bank_t.shape[1]}-d but the ReID model {reid_name!r} embeds to "
                 f"{out_dim}-d; the bank and the ReID model must come from the same release"
             )
-        reid.extra.update(bank=bank_t, tau=float(tau), similarity=similarity, view=view,
-                          bank_paths=[str(p) for p in paths])
-        return (reid,)
+        try:
+            shape = bank_latent_shape(reid.module, folder.name, own["latent_shape"] if own else None)
+        except GateConfigError as exc:
+            raise EchoFlowInputError(str(exc)) from None
+        reid.extra.update(bank=bank_t, tau=decision.tau, tau_decision=decision.to_dict(), similarity=similarity,
+                          view=view, latent_shape=shape, banks=[_display_path(p) for p in paths])
+        text = (f"{view} gate: {decision.describe()}; {bank_t.shape[0]} training anatomies "
+                f"({', '.join(reid.extra['banks'])}); judges latents {list(shape)}")
+        return {"ui": {"text": [text], "echoflow_gate_tau": [decision.to_dict()]}, "result": (reid,)}
 
 
 class EchoFlowLoadEFRegressor:

@@ -11,7 +11,10 @@ import torch
 from . import comfy_bridge as bridge
 from .common import (
     CATEGORY,
+    EF_MAX,
+    EF_MIN,
     EF_T,
+    LATENT_T,
     EchoFlowInputError,
     ef_category,
     image_to_uint8,
@@ -150,15 +153,17 @@ class EchoFlowSaveEchoNetDataset:
     SEARCH_ALIASES = ["echonet", "dataset", "filelist"]
     DESCRIPTION = (
         "Appends videos to a dataset in the EchoNet-Dynamic layout (Videos/*.avi and FileList.csv with EF, "
-        "split, frames and fps) inside ComfyUI's output folder. Resume-safe: existing rows and files are "
-        "never overwritten, new videos get the next free names."
+        "split, frames and fps) inside ComfyUI's output folder. Every row records its source, privacy verdict, "
+        "seeds and weights; a generation already in the dataset (same weights, seeds and EF, e.g. a re-queued "
+        "run with a fixed seed) is not written again. Existing rows and files are never overwritten or deleted."
     )
     CATEGORY = CATEGORY + "/output"
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING", "INT")
     RETURN_NAMES = ("dataset_dir", "total_videos")
-    OUTPUT_TOOLTIPS = ("Absolute path of the dataset folder.", "Videos in the dataset after this run.")
+    OUTPUT_TOOLTIPS = ("The dataset folder, relative to ComfyUI's output folder.", "Videos in the dataset after "
+                       "this run.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -167,84 +172,84 @@ class EchoFlowSaveEchoNetDataset:
                 "images": ("IMAGE", {"tooltip": "Frames from EchoFlow VAE Decode (videos one after another)."}),
                 "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frames per "
                                              "video (connect VAE Decode's output); 0 = the batch is one video."}),
-                "ef": ("FLOAT", {"default": 55.0, "min": 0.0, "max": 100.0, "step": 0.5, "round": 0.1,
+                "ef": ("FLOAT", {"default": 55.0, "min": EF_MIN, "max": EF_MAX, "step": 0.5, "round": 0.1,
                                  "tooltip": "EF (percent) written to FileList.csv; connect Animate's ef output."}),
                 "dataset_dir": ("STRING", {"default": "echoflow/echonet_synthetic", "tooltip": "Dataset folder "
                                            "inside ComfyUI's output folder."}),
                 "split": (list(SPLITS), {"default": "TRAIN", "tooltip": "Split column of FileList.csv."}),
                 "fps": ("FLOAT", {"default": 32.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames "
                                   "per second of the AVI files and the FPS column."}),
-                "name_prefix": ("STRING", {"default": "synth", "tooltip": "File names are <prefix>_<number>."}),
+                "name_prefix": ("STRING", {"default": "synth", "tooltip": "File names are <prefix>_<number> "
+                                           "(letters, digits, '_' or '-')."}),
             },
             "optional": {
                 "privacy_report": ("STRING", {"forceInput": True, "tooltip": "Privacy Gate's report_json: each "
-                                              "video's similarity is logged with the dataset."}),
+                                              "video's similarity and the tau it passed are logged."}),
+                "latent_video": (LATENT_T, {"tooltip": "Animate's latent_video: its seeds and models identify "
+                                            "each generation, so a re-queued run does not add duplicates."}),
+                "append_to_existing": ("BOOLEAN", {"default": False, "tooltip": "Allow appending to a "
+                                                   "FileList.csv this pack did not write (e.g. a real dataset): the "
+                                                   "original is kept as FileList.original.csv and every new row "
+                                                   "is marked Source=EchoFlow."}),
             },
         }
 
-    def save(self, images, frames_per_video, ef, dataset_dir, split, fps, name_prefix, privacy_report=None):
+    def save(self, images, frames_per_video, ef, dataset_dir, split, fps, name_prefix, privacy_report=None,
+             latent_video=None, append_to_existing=False):
+        from echoflow_models.conventions import check_ef
+        from echoflow_models.echonet import (
+            EchoNetFormatError,
+            append_synthetic,
+            check_name_prefix,
+            read_filelist,
+        )
+
         if split not in SPLITS:
             raise EchoFlowInputError(f"split must be one of {SPLITS}, got {split!r}")
-        if not 0 <= float(ef) <= 100:
-            raise EchoFlowInputError(f"ef: {ef} is not a percentage")
-        prefix = (name_prefix or "synth").strip()
-        if not prefix or any(c in prefix for c in "/\\,\n\"'"):
-            raise EchoFlowInputError(f"name_prefix {name_prefix!r}: use letters, digits, '-' or '_'")
+        try:
+            check_ef(ef, "ef")
+            prefix = check_name_prefix((name_prefix or "synth").strip(), "name_prefix")
+        except ValueError as exc:
+            raise EchoFlowInputError(str(exc)) from None
+        if not fps or fps <= 0:
+            raise EchoFlowInputError(f"fps must be positive, got {fps}")
         frames = image_to_uint8(images)
         videos = split_videos(frames, int(frames_per_video))
-        root = bridge.safe_subpath(bridge.output_directory(), dataset_dir or "echoflow/echonet_synthetic")
+        out_dir = bridge.output_directory()
+        root = bridge.safe_subpath(out_dir, dataset_dir or "echoflow/echonet_synthetic")
         report = _parse_report(privacy_report)
         items = report.get("items", []) if isinstance(report, dict) else []
         view = report.get("view") if isinstance(report, dict) else None
+        meta = latent_video if isinstance(latent_video, dict) else {}
+        video_seeds = meta.get("video_seeds") or []
+        image_seeds = meta.get("seeds") or [item.get("seed") for item in items]
+        weights = "+".join(str(meta[k]) for k in ("lifm_model", "lvfm_model") if meta.get(k))
         progress = bridge.Progress(len(videos), "save dataset")
-        names = []
+        added, duplicates = [], []
         for i, video in enumerate(videos):
-            extra = {"Source": "EchoFlow", "View": view or ""}
+            extra = {"View": view or meta.get("view") or "", "Weights": weights or None,
+                     "Tau": f"{report['tau']:.6g}" if isinstance(report, dict) and "tau" in report else None}
             if len(items) == len(videos):
                 extra["MaxSimilarity"] = f"{float(items[i].get('max_similarity', float('nan'))):.6f}"
-            names.append(append_echonet(root, prefix, video, float(ef), split, float(fps), extra))
+            if len(image_seeds) == len(videos) and image_seeds[i] is not None:
+                extra["Seed"] = image_seeds[i]
+            if len(video_seeds) == len(videos):
+                extra["VideoSeed"] = video_seeds[i]
+            try:
+                rec, written = append_synthetic(root, video.contiguous().cpu().numpy(), float(fps), float(ef), split,
+                                                extra, prefix=prefix, add_missing_columns=bool(append_to_existing))
+            except EchoNetFormatError as exc:
+                raise EchoFlowInputError(f"dataset_dir: {exc}") from None
+            (added if written else duplicates).append(rec.file_name)
             progress.update(1)
-        from echoflow_models.echonet import read_filelist
-
         total = len(read_filelist(root))
-        text = f"{len(names)} video(s) added to {root} ({total} in FileList.csv): {', '.join(names)}"
-        return {"ui": {"text": [text]}, "result": (str(root), total)}
-
-
-ECHONET_EXTRA = ("Source", "View", "MaxSimilarity", "Seed")
-
-
-def open_echonet(root: Path, timeout: float = 120.0):
-    """An ``EchoNetWriter`` on root, waiting while another process (a parallel run) holds its lock."""
-    from echoflow_models.echonet import EchoNetWriter
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return EchoNetWriter(root, ECHONET_EXTRA)
-        except RuntimeError as exc:
-            if "another process" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def next_free_name(writer, prefix: str) -> str:
-    taken = [r.file_name for r in writer.records]
-    taken += [p.stem for p in writer.videos_dir.glob(prefix + "_*.avi")]
-    numbers = [int(n[len(prefix) + 1:]) for n in taken if n.startswith(prefix + "_") and n[len(prefix) + 1:].isdigit()]
-    return f"{prefix}_{max(numbers, default=0) + 1:05d}"
-
-
-def append_echonet(root: Path, prefix: str | None, video: torch.Tensor, ef: float, split: str, fps: float,
-                   extra: dict, name: str | None = None) -> str:
-    """Append one video (uint8 ``[T,H,W,3]``) under the next free ``<prefix>_<n>`` name (or ``name``), holding
-    the dataset lock only while writing. ESV/EDV are unknown for generated videos and left blank (NaN)."""
-    with open_echonet(root) as writer:
-        name = name or next_free_name(writer, prefix)
-        cols = set(writer.columns)
-        writer.add(name, video.contiguous().cpu().numpy(), fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split,
-                   extra={k: v for k, v in extra.items() if k in cols})
-    return name
+        shown = root.resolve().relative_to(out_dir.resolve()).as_posix()
+        text = f"{len(added)} video(s) added to {shown} ({total} in FileList.csv)"
+        text += f": {', '.join(added)}" if added else ""
+        if duplicates:
+            text += (f"; {len(duplicates)} already there (same weights, seeds and EF: {', '.join(duplicates)}), not "
+                     "written again. Change the seeds (control after generate: increment) for new videos")
+        return {"ui": {"text": [text]}, "result": (shown, total)}
 
 
 class EchoFlowEstimateEF:

@@ -53,7 +53,7 @@ class EchoFlowPrivacyGate:
 
         from . import comfy_bridge as bridge
 
-        if gate is None or getattr(gate, "kind", None) != "reid" or "bank" not in gate.extra:
+        if gate is None or getattr(gate, "kind", None) != "reid" or "latent_shape" not in gate.extra:
             raise EchoFlowInputError("gate: connect EchoFlow Load Privacy Gate")
         z = latent_samples(latents)
         view = gate.extra["view"]
@@ -68,27 +68,39 @@ class EchoFlowPrivacyGate:
                 f"the gate guards {view} but the latents are {lat_view}; load the {lat_view} gate (its ReID "
                 "model and anatomy banks) or sample the view this gate guards"
             )
-        in_ch = gate.module.config.in_channels
-        if z.shape[1] != in_ch:
+        shape = tuple(gate.extra["latent_shape"])
+        if tuple(z.shape[1:]) != shape:
             raise EchoFlowInputError(
-                f"the gate's ReID model takes {in_ch}-channel latents but these have {z.shape[1]}; the gate and "
-                "the VAE must come from the same release"
+                f"latents: the gate judges latent images [B, {', '.join(map(str, shape))}] (the shape its anatomy "
+                f"bank was built from) but these are {list(z.shape)}; it cannot judge them. Use the VAE and image "
+                "model released with this gate, or load the gate that matches these latents"
             )
+        if not bool(torch.isfinite(z).all()):
+            raise EchoFlowPrivacyGateError("latents hold NaN or inf values: the image model's weights are broken "
+                                           "or its precision overflows (try fp32); nothing is released")
         device = bridge.load_models([gate])
-        checker = PrivacyGate(gate.module, gate.extra["bank"].to(device), tau=gate.extra["tau"],
-                              similarity=gate.extra["similarity"], view=view)
+        try:
+            checker = PrivacyGate(gate.module, gate.extra["bank"].to(device), tau=gate.extra["tau"],
+                                  similarity=gate.extra["similarity"], view=view, latent_shape=shape,
+                                  report_extra={**gate.extra["tau_decision"], "reid": gate.name,
+                                                "banks": gate.extra["banks"]})
+        except ValueError as exc:
+            raise EchoFlowInputError(f"gate: {exc}") from None
         progress = bridge.Progress(1, "privacy gate")
         report = checker.check(z.to(device=device, dtype=torch.float32))
         progress.update(1)
         info = report.to_dict()
-        info["bank_paths"] = gate.extra.get("bank_paths", [])
-        info["reid"] = gate.name
+        seeds = latents.get("seeds")
+        if isinstance(seeds, list) and len(seeds) == len(info["items"]):
+            for item, seed in zip(info["items"], seeds, strict=True):
+                item["seed"] = seed
         summary = report.summary()
         passed = report.passed_indices
         if not passed:
             raise EchoFlowPrivacyGateError(
                 "privacy gate: no latent passed, nothing is released.\n" + summary
-                + "\nTry other seeds (more candidates per batch) and keep tau at the release value."
+                + "\nTry other seeds or a larger batch (more candidates). Do not raise tau to get through: it "
+                "is the threshold these weights were calibrated at."
             )
         out = select_items(latents, passed)
         out["privacy"] = info

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from echoflow_models.conventions import check_ef
+
 from . import comfy_bridge as bridge
 from .common import (
     CATEGORY,
+    EF_MAX,
+    EF_MIN,
     LATENT_T,
     LIFM_T,
     LVFM_T,
@@ -94,7 +98,7 @@ class EchoFlowSampleImage:
 
         z = torch.cat(run_in_chunks(batch_size, batch_size, run, "sampling"))
         latents = make_latent(z, view=view, seeds=[seed + i for i in range(batch_size)],
-                              image_steps=steps, solver=solver, masked=mask is not None)
+                              image_steps=steps, solver=solver, masked=mask is not None, lifm_model=lifm.name)
         ui = {}
         if vae is not None:
             ui["images"] = save_preview(make_pipeline(vae=vae).decode(z))
@@ -123,9 +127,10 @@ class EchoFlowAnimate:
                 "lvfm": (LVFM_T, {"tooltip": "Latent video flow model from EchoFlow Load Video Flow."}),
                 "latents": (LATENT_T, {"tooltip": "Latent images to animate (ideally the passing output of "
                                        "EchoFlow Privacy Gate)."}),
-                "ef": ("FLOAT", {"default": 55.0, "min": 10.0, "max": 90.0, "step": 0.5, "round": 0.1,
+                "ef": ("FLOAT", {"default": 55.0, "min": EF_MIN, "max": EF_MAX, "step": 0.5, "round": 0.1,
                                  "tooltip": "Target ejection fraction in percent: <40 reduced, 40-49 mildly "
-                                 "reduced, 50-70 normal, >70 hyperdynamic."}),
+                                 "reduced, 50-70 normal, >70 hyperdynamic. The released model saw about 7-97 %, "
+                                 "the demo 10-85 %; requests outside come out pulled toward that range."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": STEPS_TIP}),
                 "solver": (_solvers(), {"default": "euler", "tooltip": SOLVER_TIP}),
                 "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
@@ -146,8 +151,10 @@ class EchoFlowAnimate:
             raise EchoFlowInputError(
                 f"latents: Animate needs latent images [B, C, h, w], got {tuple(z.shape)} (already a video?)"
             )
-        if not 0.0 <= float(ef) <= 100.0:
-            raise EchoFlowInputError(f"ef: {ef} is not a percentage")
+        try:
+            check_ef(ef, "ef")
+        except ValueError as exc:
+            raise EchoFlowInputError(str(exc)) from None
         channels = getattr(lvfm.module, "latent_channels", z.shape[1])
         if z.shape[1] != channels:
             raise EchoFlowInputError(
@@ -167,7 +174,8 @@ class EchoFlowAnimate:
         video = torch.cat(run_in_chunks(b, b, run, "animation"))
         meta = {k: v for k, v in latents.items() if k != "samples"}
         meta.update(ef=[float(ef)] * b, video_seeds=[seed + i for i in range(b)], video_steps=steps,
-                    guidance=float(guidance), solver=solver, ef_category=ef_category(float(ef)))
+                    guidance=float(guidance), solver=solver, ef_category=ef_category(float(ef)),
+                    lvfm_model=lvfm.name)
         return {"ui": {"ef": [float(ef)], "ef_category": [ef_category(float(ef))]},
                 "result": (make_latent(video, **meta), float(ef))}
 

@@ -67,6 +67,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory, reid_tiny_dir: Path) -> 
     (root / "assets").mkdir()
     shutil.copy(FIXTURES / "assets" / "scaling.pt", root / "assets" / "scaling.pt")
     shutil.copy(FIXTURES / "assets" / "anatomies_tiny.pt", root / "assets" / "anatomies_tiny.pt")
-    gates = {v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"]} for v in ("A4C", "PSAX", "PLAX")}
+    gates = {v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"], "latent_shape": [4, 28, 28]}
+             for v in ("A4C", "PSAX", "PLAX")}
     (root / "gates.json").write_text(json.dumps(gates))
     return root

@@ -25,9 +25,12 @@ def test_generate_writes_a_decodable_mp4_and_reports_the_gate(tiny_root, tmp_pat
     meta = read_metadata(out)
     assert meta["ef"] == 40.0 and meta["privacy"]["items"][0]["passed"] is True
     assert json.loads(summary.read_text())["tries"] >= 1
+    assert meta["weights"] == f"weights root '{tiny_root.name}'" and meta["lifm"] == "lifm/tiny"
+    assert str(tiny_root) not in json.dumps(meta)  # no absolute path of the machine in the metadata
     # never overwrites silently
-    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
-        main(["generate", "--weights", str(tiny_root), "--out", str(out), "--device", "cpu"])
+    before = out.read_bytes()
+    assert main(["generate", "--weights", str(tiny_root), "--out", str(out), "--device", "cpu"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == before
 
 
 def test_generate_fails_clearly_when_the_gate_rejects_everything(tiny_root, tmp_path, capsys):
@@ -39,9 +42,7 @@ def test_generate_fails_clearly_when_the_gate_rejects_everything(tiny_root, tmp_
     assert not out.exists()
 
 
-def test_bad_inputs_get_clear_errors(tiny_root, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="percentage"):
-        main(["generate", "--weights", str(tiny_root), "--ef", "120", "--out", str(tmp_path / "x.mp4")])
+def test_missing_weights_get_a_clear_error(tiny_root, tmp_path, capsys):
     code = main(["generate", "--weights", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y.mp4"),
                  "--device", "cpu"])
     assert code == 2 and "does not exist" in capsys.readouterr().err

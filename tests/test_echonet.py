@@ -93,21 +93,30 @@ def test_resume_after_interruptions(tmp_path, dataset, monkeypatch):
     assert len(read_filelist(root)) == 2
     first = {p.name: p.stat().st_mtime_ns for p in (root / "Videos").iterdir()}
 
-    # 2) leftovers of a harder crash: a temp file, an orphan video, a half-written row
+    # 2) leftovers of a harder crash: a temp file, a video of ours without its row (journalled before it was
+    #    written), a half-written row; and a user's own video that the writer never made
     videos = root / "Videos"
     (videos / f".PH_x{PARTIAL_MARKER}1-aa.avi").write_bytes(b"partial")
-    write_avi(videos / "ORPHAN.avi", np.zeros((2, 8, 8), np.uint8), 10, codec="ffv1")
+    with open(root / echonet.JOURNAL_NAME, "a") as fh:
+        fh.write("PH_OURS\n")
+    write_avi(videos / "PH_OURS.avi", np.zeros((2, 8, 8), np.uint8), 10, codec="ffv1")
+    write_avi(videos / "USERS_OWN.avi", np.zeros((2, 8, 8), np.uint8), 10, codec="ffv1")
+    users_bytes = (videos / "USERS_OWN.avi").read_bytes()
     with open(root / "FileList.csv", "a") as fh:
         fh.write("PH_S4P00002_A4C_00,55.1,")  # cut mid-row
     with EchoNetWriter(root) as w:
         assert w.truncated_tail and len(w) == 2
-        assert [p.name for p in w.removed_orphans] == ["ORPHAN.avi"] and len(w.removed_partials) == 1
+        assert [p.name for p in w.removed_orphans] == ["PH_OURS.avi"] and len(w.removed_partials) == 1
+        assert [p.name for p in w.foreign_files] == ["USERS_OWN.avi"]
+        with pytest.raises(FileExistsError, match="did not make it"):
+            w.add("USERS_OWN", np.zeros((2, 8, 8), np.uint8), 10, ef=50, esv=1, edv=2, split="TRAIN")
+    assert (videos / "USERS_OWN.avi").read_bytes() == users_bytes  # never deleted nor rewritten
 
     records = write_phantom_dataset(root, **KW)
     rows = _rows(root)
     names = [r[0] for r in rows[1:]]
     assert len(names) == len(set(names)) == 3 == len(records)
-    assert sorted(p.name for p in videos.iterdir()) == sorted(f"{n}.avi" for n in names)
+    assert sorted(p.name for p in videos.iterdir()) == sorted([f"{n}.avi" for n in names] + ["USERS_OWN.avi"])
     for name, mtime in first.items():  # finished entries were not rewritten
         assert (videos / name).stat().st_mtime_ns == mtime
     # identical content to an uninterrupted run

@@ -50,8 +50,15 @@ def models(env, M):
     (vae,) = M["EchoFlowLoadVAE"]().load("vae/tiny", "auto", "auto")
     (lifm,) = M["EchoFlowLoadImageFlow"]().load("lifm/tiny", "auto")
     (lvfm,) = M["EchoFlowLoadVideoFlow"]().load("lvfm/tiny", "fp32")
-    (gate,) = M["EchoFlowLoadPrivacyGate"]().load("reid/tiny", "A4C", "auto", 0.9997, "pearson")
+    gate = load_gate(M, "reid/tiny", "A4C", "auto", 0.9997, "pearson")
     return types.SimpleNamespace(vae=vae, lifm=lifm, lvfm=lvfm, gate=gate)
+
+
+def load_gate(M, *args, **kwargs):
+    """The gate a Load Privacy Gate node returns (the node also shows its tau on the canvas)."""
+    out = M["EchoFlowLoadPrivacyGate"]().load(*args, **kwargs)
+    assert "tau" in out["ui"]["text"][0]
+    return out["result"][0]
 
 
 def sample(M, models, **kw):
@@ -232,13 +239,13 @@ def test_privacy_gate_fails_closed(M, models, env):
     from echoflow_comfy_pack.nodes.privacy import EchoFlowPrivacyGateError  # noqa: F401  (import path check)
 
     lat = sample(M, models)["result"][0]
-    (strict,) = M["EchoFlowLoadPrivacyGate"]().load("reid/tiny", "A4C", "auto", 0.5, "cosine")
+    strict = load_gate(M, "reid/tiny", "A4C", "auto", 0.5, "cosine")
     with pytest.raises(RuntimeError, match="no latent passed"):  # sigmoid embeddings: cosine >= 0.5
         M["EchoFlowPrivacyGate"]().check(strict, lat)
     psax = dict(lat, view="PSAX")
     with pytest.raises(ValueError, match="guards A4C but the latents are PSAX"):
         M["EchoFlowPrivacyGate"]().check(models.gate, psax)
-    with pytest.raises(ValueError, match="4-channel"):
+    with pytest.raises(ValueError, match=r"judges latent images \[B, 4, 28, 28\].*\[2, 3, 28, 28\]"):
         M["EchoFlowPrivacyGate"]().check(models.gate, dict(lat, samples=torch.zeros(2, 3, 28, 28)))
     with pytest.raises(ValueError, match="between Sample Image and Animate"):
         M["EchoFlowPrivacyGate"]().check(models.gate, dict(lat, samples=torch.zeros(1, 4, 2, 28, 28)))
@@ -268,12 +275,12 @@ def test_gate_loader_checks_bank_against_reid(M, env, tiny_root, tmp_path, monke
     torch.save(torch.rand(5, 7), bad / "assets" / "anatomies_bad.pt")
     monkeypatch.setenv("ECHOFLOW_MODEL_PATH", f"{tiny_root}{__import__('os').pathsep}{bad}")
     with pytest.raises(ValueError, match="7-d but the ReID model .* embeds to 128-d"):
-        M["EchoFlowLoadPrivacyGate"]().load("reid/tiny", "A4C", "assets/anatomies_bad.pt", 0.9997, "pearson")
+        load_gate(M, "reid/tiny", "A4C", "assets/anatomies_bad.pt", 0.9997, "pearson")
     with pytest.raises(ValueError, match="twice"):
-        M["EchoFlowLoadPrivacyGate"]().load("reid/tiny", "A4C", "assets/anatomies_tiny.pt", 0.9997, "pearson",
+        load_gate(M, "reid/tiny", "A4C", "assets/anatomies_tiny.pt", 0.9997, "pearson",
                                              extra_bank="assets/anatomies_tiny.pt")
     torch.save(torch.rand(5, 128), bad / "assets" / "anatomies_more.pt")
-    (two,) = M["EchoFlowLoadPrivacyGate"]().load("reid/tiny", "PSAX", "assets/anatomies_tiny.pt", 0.9997,
+    two = load_gate(M, "reid/tiny", "PSAX", "assets/anatomies_tiny.pt", 0.9997,
                                                   "cosine", extra_bank="assets/anatomies_more.pt")
     assert two.extra["bank"].shape == (21, 128) and two.extra["view"] == "PSAX"
 
@@ -415,8 +422,9 @@ def test_save_echonet_dataset_is_resume_safe(M, models, env):
     node = M["EchoFlowSaveEchoNetDataset"]()
     report = json.dumps({"view": "A4C", "items": [{"max_similarity": 0.5, "passed": True},
                                                   {"max_similarity": 0.25, "passed": True}]})
-    root, total = node.save(images, per, 42.5, "echoflow/ds", "TRAIN", 32.0, "synth", report)["result"]
-    assert total == 2
+    shown, total = node.save(images, per, 42.5, "echoflow/ds", "TRAIN", 32.0, "synth", report)["result"]
+    assert total == 2 and shown == "echoflow/ds"  # relative to the output folder: no absolute path
+    root = env / shown
     rows = read_filelist(root)
     assert [r.file_name for r in rows] == ["synth_00001", "synth_00002"]
     assert rows[0].ef == 42.5 and rows[0].number_of_frames == 8 and rows[0].split == "TRAIN"
@@ -427,8 +435,10 @@ def test_save_echonet_dataset_is_resume_safe(M, models, env):
     rows = read_filelist(root)
     assert rows[2].file_name == "synth_00003" and rows[2].split == "VAL" and rows[2].ef == 60.0
     assert (Path(root) / "Videos" / "synth_00001.avi").read_bytes() == before
-    with pytest.raises(ValueError, match="name_prefix"):
-        node.save(images[:8], 0, 60.0, "echoflow/ds", "VAL", 32.0, "a/b")
+    for bad in ("a/b", "../evil", ".hidden", "a b"):
+        with pytest.raises(ValueError, match="name_prefix"):
+            node.save(images[:8], 0, 60.0, "echoflow/ds", "VAL", 32.0, bad)
+    assert len(read_filelist(root)) == 3
     with pytest.raises(ValueError, match="outside"):
         node.save(images[:8], 0, 60.0, "/etc", "VAL", 32.0, "x")
 

@@ -84,7 +84,7 @@ def test_generate_retries_and_refuses_when_everything_is_rejected(pipe):
     gate = strict.gates["A4C"]
     from echoflow_models.reid import PrivacyGate
 
-    strict.gates["A4C"] = PrivacyGate(gate.reid, gate.bank, tau=1e-6)  # everything is "too similar"
+    strict.gates["A4C"] = PrivacyGate(gate.reid, gate.bank, tau=1e-6, latent_shape=(4, 28, 28))  # all "too similar"
     with pytest.raises(PrivacyGateError, match="rejected all 3 latent images"):
         strict.generate("A4C", ef=50, image_steps=1, video_steps=1, max_tries=3)
 

@@ -43,7 +43,11 @@ def test_pearson_is_centred_cosine():
 
 @pytest.fixture(scope="module")
 def gate(reid_tiny_dir, fixtures_dir):
-    return PrivacyGate.from_folder(reid_tiny_dir, [fixtures_dir / "assets" / "anatomies_tiny.pt"], tau=0.9997)
+    from echoflow_models.privacy import GateSpec, load_gate
+
+    spec = GateSpec(reid_tiny_dir.parent, "A4C", reid_tiny_dir, [fixtures_dir / "assets" / "anatomies_tiny.pt"],
+                    latent_shape=(4, 28, 28))
+    return load_gate(spec, 0.9997)
 
 
 class ProjectionReID(torch.nn.Module):
@@ -64,7 +68,7 @@ def test_gate_rejects_bank_members_and_passes_others():
     latents = torch.randn(3, 4, 28, 28, generator=torch.Generator().manual_seed(1))
     others = torch.randn(10, 4, 28, 28, generator=torch.Generator().manual_seed(2))
     bank = torch.cat([reid.embed(others), reid.embed(latents[:2])])  # latents 0 and 1 are "training patients"
-    report = PrivacyGate(reid, bank, tau=0.9997).check(latents)
+    report = PrivacyGate(reid, bank, tau=0.9997, latent_shape=(4, 28, 28)).check(latents)
     assert [item.passed for item in report.items] == [False, False, True]
     assert [item.nearest_index for item in report.items[:2]] == [10, 11]
     assert report.items[0].max_similarity == pytest.approx(1.0, abs=1e-5)
@@ -81,17 +85,18 @@ def test_released_style_gate_passes_unrelated_latents(gate, golden):
 
 
 def test_gate_fails_closed(gate):
-    with pytest.raises(ValueError, match=r"privacy gate expects latent images \[B, 4, h, w\]"):
+    with pytest.raises(ValueError, match=r"judges latent images \[B, 4, 28, 28\].*got \[1, 16, 14, 14\]"):
         gate.check(torch.zeros(1, 16, 14, 14))
     # a constant embedding has no defined correlation: it must be rejected, never passed
-    report = PrivacyGate(gate.reid, gate.bank, tau=0.9997).check(torch.full((1, 4, 28, 28), float("nan")))
+    report = PrivacyGate(gate.reid, gate.bank, tau=0.9997, latent_shape=(4, 28, 28)).check(
+        torch.full((1, 4, 28, 28), float("nan")))
     assert not report.items[0].passed
     with pytest.raises(ValueError, match="bank has 5-d rows"):
-        PrivacyGate(gate.reid, torch.rand(3, 5))
+        PrivacyGate(gate.reid, torch.rand(3, 5), latent_shape=(4, 28, 28))
     with pytest.raises(ValueError, match="NaN"):
-        PrivacyGate(gate.reid, torch.full((3, 128), float("nan")))
-    with pytest.raises(ValueError, match="tau must be in"):
-        PrivacyGate(gate.reid, gate.bank, tau=1.5)
+        PrivacyGate(gate.reid, torch.full((3, 128), float("nan")), latent_shape=(4, 28, 28))
+    with pytest.raises(ValueError, match="tau must be a number in"):
+        PrivacyGate(gate.reid, gate.bank, tau=1.5, latent_shape=(4, 28, 28))
 
 
 def test_gate_is_one_matmul_against_the_bank(gate, golden):

@@ -1,10 +1,11 @@
 // EchoFlow frontend extension: shows on the canvas what the EchoFlow nodes did or will do.
 //  - EchoFlow Animate: an EF badge with the clinical category of the chosen EF, live as the widget changes.
+//  - EchoFlow Load Privacy Gate: the tau it uses (calibrated, stricter, or LOOSER in red) after a run.
 //  - EchoFlow Privacy Gate: the verdict (passed/total, tau) and each item's max similarity after a run.
 //  - EchoFlow Estimate EF / Save Video: the estimates / saved files after a run.
 // Nothing is added as a widget, so saved workflows and widget values are unaffected.
 import { app } from "../../scripts/app.js";
-import { clipLines, efBadge, efEstimateLines, gateVerdict, savedVideoLines } from "./echoflow_logic.js";
+import { clipLines, efBadge, efEstimateLines, gateTauLine, gateVerdict, savedVideoLines } from "./echoflow_logic.js";
 
 const LINE_H = 15;
 
@@ -77,6 +78,15 @@ app.registerExtension({
       });
     }
 
+    if (name === "EchoFlowLoadPrivacyGate") {
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        const line = gateTauLine(message?.echoflow_gate_tau?.[0]);
+        this.echoflowLines = [line.text];
+        this.echoflowColor = line.color;
+        this.setDirtyCanvas?.(true, true);
+      });
+    }
+
     if (name === "EchoFlowEstimateEF") {
       chain(nodeType.prototype, "onExecuted", function (message) {
         this.echoflowLines = efEstimateLines(message?.echoflow_ef ?? [], message?.echoflow_ef_target?.[0]);
@@ -93,7 +103,7 @@ app.registerExtension({
       });
     }
 
-    if (["EchoFlowPrivacyGate", "EchoFlowEstimateEF", "EchoFlowSaveVideo"].includes(name)) {
+    if (["EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate", "EchoFlowEstimateEF", "EchoFlowSaveVideo"].includes(name)) {
       chain(nodeType.prototype, "onDrawForeground", function (ctx) {
         if (this.echoflowLines?.length) drawLines(this, ctx, this.echoflowLines, this.echoflowColor);
       });

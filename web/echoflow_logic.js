@@ -51,6 +51,22 @@ export function gateVerdict(report) {
   return { ok, color, headline, lines };
 }
 
+/** The tau a Load Privacy Gate node decided (ui.echoflow_gate_tau[0]): one line, red when looser than calibrated. */
+export function gateTauLine(decision) {
+  if (!decision || !Number.isFinite(Number(decision.tau))) {
+    return { color: "#999999", text: "tau: not loaded yet" };
+  }
+  const tau = Number(decision.tau);
+  const calibrated = Number(decision.calibrated_tau);
+  if (decision.looser_than_calibrated) {
+    return { color: "#d9534f", text: `τ ${tau} LOOSER than calibrated ${calibrated} (opted in)` };
+  }
+  if (decision.tau_chosen_by === "calibrated") {
+    return { color: "#5cb85c", text: `τ ${tau} (calibrated, ${decision.calibrated_source ?? "?"})` };
+  }
+  return { color: "#5cb85c", text: `τ ${tau} (stricter than calibrated ${calibrated})` };
+}
+
 /** Lines for EchoFlow Estimate EF from ui.echoflow_ef (list of estimates, percent). */
 export function efEstimateLines(values, target) {
   if (!Array.isArray(values) || values.length === 0) return [];

@@ -45,6 +45,13 @@ def train(stage: str, **options) -> dict:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from ..options import check_count, physical_cores
+
+    if getattr(args, "threads", None) is None:
+        # The command's default: the physical cores (split between parallel stages of `train all`). From
+        # Python (`train(...)`) threads stay None and torch's global setting is left alone.
+        args.threads = max(1, physical_cores() // max(1, int(getattr(args, "jobs", 1) or 1)))
+    check_count(args.threads, "--threads", 1, 1024)
     module = _module(args.train_stage)
     module.run(args)
     return 0

@@ -31,12 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import REID_WEIGHTS_NAME, WEIGHTS_NAME
+from ..conventions import VIEWS
 from ..progress import format_seconds
 from ..reid import DEFAULT_TAU
 from .common import namespace_for
 from .dataset import RECIPE_NAME, read_recipe
-
-VIEWS = ("A4C", "PSAX", "PLAX")
 
 # Per-stage settings. "phantom" is what the bundled demo weights are trained with: fixed step counts (so
 # the result does not depend on how busy the machine is), with --max-minutes only as a safety cap.
@@ -99,7 +98,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="multiply every stage's --steps (e.g. 10 on a GPU; use with --time-scale)")
     parser.add_argument("--fp16", action="store_true", help="export the weights in float16 (half the size)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per stage")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per stage (default: the physical cores divided by --jobs)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="run up to this many independent stages at once (each with --threads threads): "
                              "the EF regressor beside the VAE, the LIFM beside the LVFM")

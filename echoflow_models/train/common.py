@@ -64,7 +64,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, steps: int, batch_size: 
     g.add_argument("--max-minutes", type=float, default=max_minutes,
                    help="stop (and save) after this much training time, resumes included")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: the physical cores; 1 on a machine shared with other work)")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="bf16 autocast (auto: on for CUDA, off on CPU)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/training/state.pt")

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..conventions import IMAGE_SIZE, VIEWS
 from ..echonet import EchoNetRecord, phantom_video_draw, read_filelist
-from ..pipeline import VIEWS, preprocess_mask
+from ..pipeline import preprocess_mask
 from ..scaling import LatentScaler
 from ..vae import AutoencoderKL, frames_to_model_range
 from ..video_io import read_video
 
-IMAGE_SIZE = 112
 TARGET_FPS = 32.0
 CACHE_FORMAT = "echoflow-latents-v1"
 MASKS_DIR = "Masks"

@@ -25,7 +25,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="first write Masks/*.npz for a phantom dataset (re-rendered, verified)")
     parser.add_argument("--max-videos", type=int, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: the physical cores)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                         help="encode under bf16 autocast (auto: on for CUDA, off on CPU)")
     parser.add_argument("--quiet", action="store_true")

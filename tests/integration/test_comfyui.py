@@ -97,8 +97,8 @@ def server(tmp_path_factory, reid_tiny_dir):
 
     save_model(EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 8, 8], norm_groups=4, head_hidden=8)),
                models / "ef" / "tiny")
-    (models / "gates.json").write_text(json.dumps({v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"]}
-                                                   for v in ("A4C", "PSAX", "PLAX")}))
+    (models / "gates.json").write_text(json.dumps({v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"],
+                                                       "latent_shape": [4, 28, 28]} for v in ("A4C", "PSAX", "PLAX")}))
     extra = base / "extra_root"
     shutil.copytree(reid_tiny_dir, extra / "echoflow" / "reid" / "tiny")
     (base / "extra_model_paths.yaml").write_text(f"echoflow_tests:\n  base_path: {extra}\n  echoflow: echoflow\n")

@@ -1,6 +1,8 @@
 import test from "node:test";
 import assert from "node:assert/strict";
-import { clipLines, efBadge, efCategory, efEstimateLines, gateVerdict, savedVideoLines } from "../echoflow_logic.js";
+import {
+  clipLines, efBadge, efCategory, efEstimateLines, gateTauLine, gateVerdict, savedVideoLines,
+} from "../echoflow_logic.js";
 
 test("efCategory follows the clinical bands", () => {
   assert.equal(efCategory(25).label, "severely reduced");
@@ -60,4 +62,17 @@ test("savedVideoLines and clipLines", () => {
   const many = clipLines(Array.from({ length: 20 }, (_, i) => `l${i}`), 80, 4);
   assert.equal(many.length, 4);
   assert.equal(many[3], "… 17 more");
+});
+
+test("gateTauLine says where the gate's tau comes from and flags a looser one", () => {
+  const calibrated = { tau: 0.979, calibrated_tau: 0.979, calibrated_source: "gates.json", tau_chosen_by: "calibrated",
+    looser_than_calibrated: false };
+  assert.equal(gateTauLine(calibrated).text, "τ 0.979 (calibrated, gates.json)");
+  assert.equal(gateTauLine(calibrated).color, "#5cb85c");
+  const loose = { ...calibrated, tau: 0.9997, tau_chosen_by: "user (LOOSER, opted in)", looser_than_calibrated: true };
+  assert.match(gateTauLine(loose).text, /LOOSER than calibrated 0.979/);
+  assert.equal(gateTauLine(loose).color, "#d9534f");
+  const strict = { ...calibrated, tau: 0.95, tau_chosen_by: "user (stricter)" };
+  assert.equal(gateTauLine(strict).text, "τ 0.95 (stricter than calibrated 0.979)");
+  assert.equal(gateTauLine(undefined).text, "tau: not loaded yet");
 });

@@ -1,0 +1,108 @@
+"""Command-line option helpers shared by every sub-command: checks that run before any model loads, threads.
+
+A user error is a `UsageError`: `echoflow` prints it as one line naming the option and the fix, and exits
+with status 2, before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class UsageError(ValueError):
+    """A command-line option that cannot work; the message names it and says what to do instead."""
+
+
+# ------------------------------------------------------------------------------------------- numbers
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def check_count(value: int, option: str, low: int = 1, high: int | None = None) -> int:
+    ok = low <= value and (high is None or value <= high)
+    require(ok, f"{option} must be >= {low}" + (f" and <= {high}" if high is not None else "") + f", got {value}")
+    return value
+
+
+def check_positive(value: float, option: str, high: float | None = None) -> float:
+    ok = math.isfinite(value) and value > 0 and (high is None or value <= high)
+    require(ok, f"{option} must be a positive number" + (f" up to {high:g}" if high else "") + f", got {value:g}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def check_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str, ...], overwrite: bool) -> Path:
+    """An output file that can be written: supported suffix, not a folder, not there yet (or `overwrite`),
+    its folder creatable and writable. Checked by writing and removing a probe file of our own."""
+    out = Path(path).expanduser()
+    require(out.suffix.lower() in suffixes,
+            f"{option} {str(path)!r}: the file name must end in {' or '.join(suffixes)} (that decides the format)")
+    require(not out.is_dir(), f"{option} {str(path)!r} is a folder; give a file name such as {out / ('video' + suffixes[0])}")
+    require(overwrite or not out.exists(), f"{option} {str(path)!r} exists; pass --overwrite to replace it or choose "
+            "another name")
+    check_writable_folder(out.parent, option)
+    return out
+
+
+def check_writable_folder(folder: str | os.PathLike, option: str) -> Path:
+    """Create `folder` if needed and prove it is writable, before any compute."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".echoflow-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write into {folder} ({exc.strerror or exc}); choose a writable "
+                         "location") from None
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- threads
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads not counted); falls back to the logical count."""
+    cores = set()
+    try:
+        physical = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                physical = value.strip()
+            elif key == "core id":
+                core = value.strip()
+            elif not line.strip() and core is not None:
+                cores.add((physical, core))
+                physical = core = None
+        if core is not None:
+            cores.add((physical, core))
+    except OSError:
+        pass
+    logical = os.cpu_count() or 1
+    return max(1, min(len(cores), logical)) if cores else logical
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help=f"CPU threads for torch (default: the physical cores, {physical_cores()} here). On a machine "
+             "shared with other work use 1: OpenMP threads spin-wait, and under contention 2 threads ran "
+             "3-9x slower than 1",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's CPU threads from `--threads` (validated); returns the number used. Only the CLI calls
+    this: the library never changes torch's global settings on its own."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        threads = physical_cores()
+    check_count(threads, "--threads", 1, 1024)
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,486 @@
+"""Fail closed, lose nothing: bad inputs through the CLI, the library and the node classes.
+
+Every refusal names the problem and happens before any model loads; nothing a user had is removed or
+rewritten; the privacy gate never judges what it cannot judge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from echoflow_models import echonet, headless
+from echoflow_models.checkpoint import CheckpointError, load_model, load_tensor_asset
+from echoflow_models.cli import main
+from echoflow_models.echonet import EchoNetFormatError, append_synthetic, read_filelist
+from echoflow_models.pipeline import EchoFlowPipeline, GenerationError, preprocess_mask
+from echoflow_models.privacy import (
+    GateConfigError,
+    bank_latent_shape,
+    decide_tau,
+    gate_spec,
+    load_gate,
+    read_gates_manifest,
+)
+from echoflow_models.reid import PrivacyGate
+from echoflow_models.sampling import sample_flow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder with its bytes: to prove that nothing was written, changed or removed."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Any model load fails the test: options must be refused before compute."""
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(EchoFlowPipeline, "from_folder", forbidden)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _generate_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    blocker = tmp / "a_file"
+    blocker.write_text("not a folder")
+    existing = tmp / "existing.mp4"
+    existing.write_bytes(b"user's video")
+    (tmp / "notes.txt").write_text("not an image")
+    return [
+        (["--out", str(tmp / "x.xyz")], "--out .*must end in .mp4 or .avi"),
+        (["--out", str(tmp / "x.avi"), "--avi"], "--out is already .avi; drop --avi"),
+        (["--out", str(existing)], "exists; pass --overwrite"),
+        (["--out", str(blocker / "x.mp4")], "--out: cannot write into"),
+        (["--json", str(blocker / "s.json")], "--json: cannot write into"),
+        (["--json", str(tmp / "s.txt")], "--json .*must end in .json"),
+        (["--max-tries", "0"], "--max-tries must be >= 1"),
+        (["--image-steps", "0"], "--image-steps must be >= 1"),
+        (["--video-steps", "-3"], "--video-steps must be >= 1"),
+        (["--fps", "0"], "--fps must be a positive number"),
+        (["--fps", "nan"], "--fps must be a positive number"),
+        (["--seed", str(2**70)], "--seed must be in"),
+        (["--seed", "-1"], "--seed must be in"),
+        (["--ef", "120"], "--ef must be a percentage in"),
+        (["--ef", "nan"], "--ef must be a number"),
+        (["--tau", "0"], "--tau must be in \\(0, 1\\]"),
+        (["--tau", "1.5"], "--tau must be in \\(0, 1\\]"),
+        (["--tau", "nan"], "--tau must be a number in \\(0, 1\\]"),
+        (["--guidance", "-1"], "--guidance must be in"),
+        (["--mask", str(tmp / "missing.png")], "--mask .*cannot read it as an image"),
+        (["--mask", str(tmp / "notes.txt")], "--mask .*cannot read it as an image"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ]
+
+
+def test_generate_refuses_bad_options_before_any_compute(tiny_root, tmp_path, capsys, no_models):
+    work = tmp_path / "work"
+    work.mkdir()
+    for extra, message in _generate_cases(work):
+        before = _tree(work)
+        argv = ["generate", "--weights", str(tiny_root), "--out", str(work / "ok.mp4"), "--quiet", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
+        assert __import__("re").search(message, err), (extra, err)
+        assert _tree(work) == before, f"{extra} wrote or removed files"
+
+
+def test_generate_tau_rule_uses_the_weights_calibration(tmp_path, capsys, no_models):
+    demo = ROOT / "echoflow_models" / "weights" / "phantom"
+    calibrated = read_gates_manifest(demo)["A4C"]["tau"]
+    assert calibrated < 0.9997  # the demo's own calibration, stricter than the release's
+    argv = ["generate", "--weights", str(demo), "--out", str(tmp_path / "v.mp4"), "--tau", "0.9997"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "looser than these weights' calibrated tau 0.979" in err and "--allow-looser-tau" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_generate_dataset_refuses_bad_options_before_any_compute(tiny_root, tmp_path, capsys, no_models):
+    out = tmp_path / "ds"
+    cases = [
+        (["--count", "0"], "--count must be >= 1"),
+        (["--count", "2", "--ef-range", "60", "40"], "--ef-range must satisfy"),
+        (["--count", "2", "--ef-range", "-5", "40"], "--ef-range must satisfy"),
+        (["--count", "2", "--prefix", "../evil"], "--prefix '../evil' must be letters"),
+        (["--count", "2", "--prefix", "a/b"], "--prefix 'a/b' must be letters"),
+        (["--count", "2", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--count", "2", "--fps", "0"], "--fps must be a positive number"),
+        (["--count", "2", "--val-frac", "0.7", "--test-frac", "0.7"], "sum <= 1"),
+        (["--count", "2", "--seed", str(2**64)], "--seed must be in"),
+        (["--count", "2", "--max-candidates", "0"], "--max-candidates must be >= 1"),
+        (["--count", "2", "--tau", "0"], "--tau must be in"),
+    ]
+    for extra, message in cases:
+        argv = ["generate-dataset", "--weights", str(tiny_root), "--out", str(out), "--quiet", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert __import__("re").search(message, err) and "Traceback" not in err, (extra, err)
+        assert not out.exists(), f"{extra} created the dataset folder"
+    with pytest.raises(SystemExit) as info:  # argparse's own refusal, also status 2
+        main(["generate-dataset", "--weights", str(tiny_root), "--out", str(out), "--count", "1", "--view", "XYZ"])
+    assert info.value.code == 2 and "invalid choice: 'XYZ'" in capsys.readouterr().err
+
+
+def test_the_torchrun_entry_reports_errors_like_the_cli(tmp_path, capsys):
+    argv = ["generate-dataset", "--weights", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--count", "1"]
+    assert headless.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: weights folder") and "does not exist" in err and "Traceback" not in err
+
+
+def _real_dataset(folder: Path) -> dict[str, bytes]:
+    """A 'real' EchoNet-Dynamic folder: the nine standard columns, two videos, and a stray user video."""
+    (folder / "Videos").mkdir(parents=True)
+    rows = ["FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split",
+            "0X1A,61.2,20.1,51.8,112,112,50,10,TRAIN", "0X1B,44.0,40.0,71.4,112,112,50,10,VAL"]
+    (folder / "FileList.csv").write_text("\n".join(rows) + "\n")
+    for name in ("0X1A", "0X1B", "NOT_LISTED"):
+        (folder / "Videos" / f"{name}.avi").write_bytes(name.encode() * 10)
+    return _tree(folder)
+
+
+def test_generate_dataset_never_touches_a_real_dataset(tiny_root, tmp_path, capsys, no_models):
+    real = tmp_path / "real"
+    before = _real_dataset(real)
+    argv = ["generate-dataset", "--weights", str(tiny_root), "--out", str(real), "--count", "1", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has no column(s) Source" in err and "--append-to-existing" in err
+    assert _tree(real) == before  # nothing written, nothing removed (NOT_LISTED.avi included)
+
+
+def test_appending_to_a_real_dataset_keeps_the_original_and_marks_every_row(tmp_path):
+    real = tmp_path / "real"
+    before = _real_dataset(real)
+    frames = np.full((4, 16, 16), 90, np.uint8)
+    with pytest.raises(EchoNetFormatError, match="has no column"):
+        append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1})
+    assert _tree(real) == before
+    rec, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"},
+                                    add_missing_columns=True)
+    assert written and rec.extra["Source"] == "EchoFlow"
+    assert (real / "FileList.original.csv").read_bytes() == before["FileList.csv"]
+    rows = read_filelist(real)
+    assert [r.file_name for r in rows] == ["0X1A", "0X1B", rec.file_name]
+    assert [r.extra["Source"] for r in rows] == ["", "", "EchoFlow"]  # the real rows stay unmarked
+    for name in ("0X1A", "0X1B", "NOT_LISTED"):  # user videos untouched
+        assert (real / "Videos" / f"{name}.avi").read_bytes() == before[f"Videos/{name}.avi"]
+    # the same generation (weights, seeds, EF) is never written twice, whatever the name
+    again, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"})
+    assert not written and again.file_name == rec.file_name and len(read_filelist(real)) == 3
+    other, written = append_synthetic(real, frames, 32.0, 51.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"})
+    assert written and other.file_name != rec.file_name  # another EF is another generation
+
+
+def test_generate_dataset_rows_record_seed_tau_and_weights(tiny_root, tmp_path):
+    out = tmp_path / "ds"
+    argv = ["generate-dataset", "--weights", str(tiny_root), "--out", str(out), "--count", "2", "--image-steps", "1",
+            "--video-steps", "1", "--batch-size", "2", "--quiet", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    rows = read_filelist(out)
+    assert len(rows) == 2
+    for row in rows:
+        assert row.extra["Seed"] == row.extra["VideoSeed"] == str(int(row.file_name.split("_")[1]))
+        assert row.extra["Weights"] == "lifm/tiny+lvfm/tiny" and float(row.extra["Tau"]) == pytest.approx(0.9997)
+        assert row.extra["Source"] == "EchoFlow" and float(row.extra["MaxSimilarity"]) < 0.9997
+    # a second run under another prefix finds the same generations and writes nothing new
+    assert main([*argv, "--prefix", "other"]) == 0
+    assert len(read_filelist(out)) == 2 and len(list((out / "Videos").glob("*.avi"))) == 2
+
+
+# -------------------------------------------------------------------------------------------- library
+def test_tau_decision_rule():
+    assert decide_tau(None, None).tau == 0.9997 and decide_tau(None, None).calibrated_source == "release default"
+    d = decide_tau(None, 0.979)
+    assert d.tau == 0.979 and d.chosen_by == "calibrated" and not d.looser
+    assert decide_tau(0.95, 0.979).chosen_by == "user (stricter)"
+    with pytest.raises(GateConfigError, match="looser than these weights' calibrated tau 0.979"):
+        decide_tau(0.9997, 0.979)
+    loose = decide_tau(0.9997, 0.979, allow_looser=True)
+    assert loose.looser and loose.to_dict()["looser_than_calibrated"] is True and "LOOSER" in loose.describe()
+    for bad in (0, -0.1, 1.0001, float("nan"), float("inf"), "0.9", True, None.__class__):
+        with pytest.raises(GateConfigError):
+            decide_tau(bad, 0.979)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('{"A4C": {"reid": "r", "banks": ["b.pt"], "tau": 0}}', r"A4C\.tau must be in \(0, 1\]"),
+    ('{"A4C": {"reid": "r", "banks": ["b.pt"], "tau": "0.97"}}', r"A4C\.tau must be a number"),
+    ('{"A4C": {"reid": "r", "banks": []}}', r"A4C\.banks must be a non-empty list"),
+    ('{"A4C": {"banks": ["b.pt"]}}', r"A4C\.reid is missing"),
+    ('{"A4C": {"reid": "../r", "banks": ["b.pt"]}}', r"A4C\.reid must be a folder or file name"),
+    ('{"A4C": {"reid": "r", "banks": ["b.pt"], "latent_shape": [4, 28]}}', r"A4C\.latent_shape must be \[C, h, w\]"),
+    ('{"A4C": {"reid": "r", "banks": ["b.pt"], "taux": 0.9}}', r"unknown field\(s\) taux"),
+    ('{"A4C": {"reid": "r", "banks": ["b.pt"],}', "not valid JSON"),
+])
+def test_a_bad_gates_json_names_the_file_and_the_field(tmp_path, entry, message):
+    (tmp_path / "gates.json").write_text(entry)
+    with pytest.raises(GateConfigError, match=message) as info:
+        gate_spec(tmp_path, "A4C")
+    assert str(tmp_path / "gates.json") in str(info.value)
+
+
+@pytest.fixture
+def tiny_gate(tiny_root):
+    return load_gate(gate_spec(tiny_root, "A4C"))
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 64, 64), (1, 4, 7, 7), (1, 4, 1, 1), (1, 3, 28, 28), (4, 28, 28)])
+def test_the_gate_refuses_latents_it_cannot_judge(tiny_gate, shape):
+    with pytest.raises(ValueError, match=r"judges latent images \[B, 4, 28, 28\].*cannot judge"):
+        tiny_gate.check(torch.zeros(shape))
+
+
+def test_the_gate_refuses_banks_and_models_that_disagree(tiny_gate, tiny_root):
+    reid, bank = tiny_gate.reid, tiny_gate.bank
+    with pytest.raises(ValueError, match=r"values span .* sigmoid ReID embeddings in \[0, 1\]"):
+        PrivacyGate(reid, bank * 3 - 1, latent_shape=(4, 28, 28))
+    with pytest.raises(ValueError, match="latent_shape must be"):
+        PrivacyGate(reid, bank, latent_shape=(16, 28, 28))
+    with pytest.raises(GateConfigError, match='add "latent_shape"'):
+        bank_latent_shape(reid, "tiny")  # no name rule, nothing declared: refused, not guessed
+    assert bank_latent_shape(reid, "dynamic-4f4") == (4, 28, 28)  # the release's naming
+    with pytest.raises(GateConfigError, match="same release"):
+        bank_latent_shape(reid, "lvh-16f8")
+
+
+def test_the_gate_report_names_no_absolute_path(tiny_gate, tiny_root):
+    report = tiny_gate.check(torch.zeros(1, 4, 28, 28)).to_dict()
+    assert report["reid"] == "reid/tiny" and report["banks"] == ["assets/anatomies_tiny.pt"]
+    assert str(tiny_root) not in json.dumps(report)
+    assert report["calibrated_source"] == "release default" and report["tau_chosen_by"] == "calibrated"
+
+
+def test_library_argument_checks(tiny_root):
+    pipe = EchoFlowPipeline.from_folder(tiny_root, device="cpu")
+    cases = [
+        (lambda: pipe.generate(max_tries=0), "max_tries must be a whole number"),
+        (lambda: pipe.generate(seed=2**64), "seed must be in"),
+        (lambda: pipe.generate(ef=120), "EF must be a percentage"),
+        (lambda: pipe.generate(view="A2C"), "unknown view"),
+        (lambda: pipe.sample_images("A4C", steps=0), "steps must be a whole number"),
+        (lambda: pipe.sample_images("A4C", solver="rk4"), "unknown solver"),
+        (lambda: pipe.sample_images("A4C", batch_size=0), "batch_size must be"),
+        (lambda: pipe.animate(torch.zeros(1, 4, 28, 28), ef=float("nan")), "EF must be a percentage"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(GateConfigError, match="looser than these weights' calibrated tau 0.9997"):
+        EchoFlowPipeline.from_folder(tiny_root, device="cpu", tau=0.99999, views=["A4C"])
+    loose = EchoFlowPipeline.from_folder(tiny_root, tau=0.99999, views=["A4C"], allow_looser_tau=True,
+                                         load_generators=False)
+    assert loose.gates["A4C"].check(torch.zeros(1, 4, 28, 28)).to_dict()["looser_than_calibrated"] is True
+
+
+def test_a_colour_mask_is_one_mask():
+    rgb = np.zeros((112, 112, 3), np.uint8)
+    rgb[30:80, 40:70] = (255, 255, 255)
+    mask = preprocess_mask(rgb, 28)
+    assert mask.shape == (1, 1, 28, 28) and 0 < mask.sum() < 28 * 28
+    assert torch.equal(mask, preprocess_mask(rgb[..., 0], 28))
+    batch = preprocess_mask(np.stack([rgb, rgb]), 28)
+    assert batch.shape == (2, 1, 28, 28)
+
+
+def test_non_finite_weights_are_refused_at_load_naming_file_and_tensor(tiny_root, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "lvfm"
+    shutil.copytree(tiny_root / "lvfm" / "tiny", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    key = sorted(k for k, v in state.items() if v.is_floating_point())[3]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=f"{weights}.*NaN or inf.*{key}"):
+        load_model(folder)
+
+
+def test_nan_outputs_are_errors_not_files(tiny_root, monkeypatch):
+    pipe = EchoFlowPipeline.from_folder(tiny_root, device="cpu")
+    with torch.no_grad():
+        next(pipe.lifm.parameters()).fill_(float("nan"))
+    with pytest.raises(GenerationError, match="image flow model .* NaN or inf"):
+        pipe.generate(image_steps=1, video_steps=1)  # not "the gate rejected 8 seeds"
+    with pytest.raises(GenerationError, match="NaN or inf"):
+        pipe.decode(torch.full((1, 4, 2, 28, 28), float("nan")))
+    monkeypatch.setattr(pipe.vae, "decode", lambda z: torch.zeros(z.shape[0], 3, 112, 112))
+    with pytest.raises(GenerationError, match="blank"):
+        pipe.decode(torch.zeros(1, 4, 2, 28, 28))
+
+
+def test_a_pickled_asset_is_refused_without_suggesting_unsafe_loading(tmp_path):
+    path = tmp_path / "scaling.pt"
+    torch.save({"mean": torch.zeros(4), "std": np.ones(4)}, path)  # a numpy array: a pickled object
+    with pytest.raises(CheckpointError) as info:
+        load_tensor_asset(path)
+    text = str(info.value)
+    assert "refusing to load" in text and "weights_only" not in text and "safe_globals" not in text
+
+
+def test_info_checks_assets_and_gates(tiny_root, tmp_path, capsys):
+    import shutil
+
+    assert main(["info", str(tiny_root)]) == 0
+    out = capsys.readouterr().out
+    assert "all values finite" in out and "privacy gate A4C: reid/tiny" in out and "[4, 28, 28]" in out
+    broken = tmp_path / "root"
+    shutil.copytree(tiny_root, broken)
+    (broken / "gates.json").write_text('{"A4C": {"reid": "tiny", "banks": ["anatomies_tiny.pt"], "tau": 0}}')
+    assert main(["info", str(broken)]) == 2
+    assert "gates.json: A4C.tau must be in (0, 1]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- sampling precision
+def _constant_decay(model_dtype: torch.dtype):
+    """dz/dt = z: the exact flow from t = 1 to 0 scales the noise by e^-1, whatever the step count."""
+
+    def velocity(z, t):
+        assert z.dtype == model_dtype and t.dtype == torch.float32
+        return z
+
+    return velocity
+
+
+def test_bf16_models_integrate_on_a_float32_grid_and_state():
+    noise = torch.randn(2, 4, 28, 28, generator=torch.Generator().manual_seed(0))
+    fp32 = sample_flow(_constant_decay(torch.float32), noise, 500)
+    bf16 = sample_flow(_constant_decay(torch.bfloat16), noise.bfloat16(), 500)
+    assert fp32.dtype == bf16.dtype == torch.float32
+    exact = noise * math.exp(-1)
+    # Euler's own error at 500 steps is about 1e-3 of the value; a bf16 grid and state were off by ~10 %.
+    assert (fp32 - exact).abs().max() < 2e-3
+    assert (bf16 - fp32).pow(2).mean().sqrt() < 5e-3
+
+
+def test_bf16_lifm_at_500_steps_matches_fp32(tiny_root):
+    pipe = EchoFlowPipeline.from_folder(tiny_root, device="cpu", load_generators=True, views=["A4C"])
+    fp32 = pipe.sample_images("A4C", steps=500, seed=1)
+    pipe_bf16 = EchoFlowPipeline(pipe.vae, pipe.scaler, pipe.lifm, None, pipe.gates, "cpu", torch.bfloat16)
+    bf16 = pipe_bf16.sample_images("A4C", steps=500, seed=1)
+    rms = (bf16 - fp32).pow(2).mean().sqrt().item()
+    assert rms < 0.05 * fp32.pow(2).mean().sqrt().item()
+
+
+def test_multi_evaluation_solvers_survive_reused_output_buffers():
+    """Heun/midpoint read the first evaluation after the second: with CUDA graphs or torch.compile's
+    reduce-overhead, both return the same buffer. The sampler must copy, so the results cannot differ."""
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    buffer = torch.empty_like(noise)
+
+    def reusing(z, t):
+        buffer.copy_(-z * (1 + t.view(-1, 1, 1, 1)))
+        return buffer
+
+    def fresh(z, t):
+        return -z * (1 + t.view(-1, 1, 1, 1))
+
+    for solver in ("heun", "midpoint"):
+        assert torch.equal(sample_flow(reusing, noise, 7, solver), sample_flow(fresh, noise, 7, solver))
+
+
+# -------------------------------------------------------------------------------------------- nodes
+@pytest.fixture(scope="module")
+def M():
+    return headless.load_pack(ROOT).NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture
+def comfy_env(tiny_root, tmp_path, monkeypatch):
+    import sys
+
+    bridge = sys.modules[headless.PACK_NAME + ".nodes.comfy_bridge"]
+    monkeypatch.setenv("ECHOFLOW_MODEL_PATH", str(tiny_root))
+    monkeypatch.delenv("ECHOFLOW_WEIGHTS", raising=False)
+    bridge.set_output_directory(tmp_path / "out")
+    yield tmp_path / "out"
+    bridge.set_output_directory(None)
+
+
+def test_gate_loader_defaults_to_the_calibrated_tau(M, comfy_env, tiny_root, monkeypatch):
+    spec = M["EchoFlowLoadPrivacyGate"].INPUT_TYPES()["required"]
+    assert spec["tau"][1]["default"] == 0.0 and spec["allow_looser_tau"][1]["default"] is False
+    loader = M["EchoFlowLoadPrivacyGate"]()
+    out = loader.load("reid/tiny", "A4C", "auto", 0.0, "pearson")
+    gate = out["result"][0]
+    assert gate.extra["tau"] == 0.9997 and "calibrated, release default" in out["ui"]["text"][0]
+    # the demo's own calibration, through the node
+    demo = loader.load("demo", "A4C", "auto", 0.0, "pearson")
+    calibrated = read_gates_manifest(ROOT / "echoflow_models" / "weights" / "phantom")["A4C"]["tau"]
+    assert demo["result"][0].extra["tau"] == pytest.approx(calibrated)
+    assert "gates.json" in demo["ui"]["text"][0]
+    with pytest.raises(ValueError, match="looser than these weights' calibrated tau.*allow_looser_tau"):
+        loader.load("demo", "A4C", "auto", 0.9997, "pearson")
+    loose = loader.load("demo", "A4C", "auto", 0.9997, "pearson", allow_looser_tau=True)["result"][0]
+    assert loose.extra["tau_decision"]["tau_chosen_by"] == "user (LOOSER, opted in)"
+    for bad in ("0.9", float("nan"), 1.5, -0.1):
+        with pytest.raises(ValueError, match="tau must be"):
+            loader.load("demo", "A4C", "auto", bad, "pearson")
+
+
+def test_gate_node_refuses_latents_of_another_shape(M, comfy_env):
+    gate = M["EchoFlowLoadPrivacyGate"]().load("demo", "A4C", "auto", 0.0, "pearson")["result"][0]
+    node = M["EchoFlowPrivacyGate"]()
+    for shape in ((1, 4, 64, 64), (1, 4, 7, 7), (1, 4, 1, 1)):
+        with pytest.raises(ValueError, match=r"judges latent images \[B, 4, 28, 28\]"):
+            node.check(gate, {"samples": torch.zeros(shape), "view": "A4C"})
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        node.check(gate, {"samples": torch.full((1, 4, 28, 28), float("nan")), "view": "A4C"})
+
+
+def test_shipped_workflows_gate_at_the_calibrated_tau():
+    for path in sorted((ROOT / "workflows").rglob("*.json")):
+        data = json.loads(path.read_text())
+        if "nodes" in data:
+            gates = [n["widgets_values"] for n in data["nodes"] if n["type"] == "EchoFlowLoadPrivacyGate"]
+            taus = [(v[3], v[4]) for v in gates]
+        else:
+            taus = [(n["inputs"]["tau"], n["inputs"]["allow_looser_tau"]) for n in data.values()
+                    if n["class_type"] == "EchoFlowLoadPrivacyGate"]
+        assert taus and all(t == (0.0, False) for t in taus), (path.name, taus)
+
+
+def test_requeued_dataset_workflow_adds_no_duplicates(M, comfy_env, tiny_root):
+    prompt = json.loads((ROOT / "workflows" / "api" / "echoflow_dataset_batch.json").read_text())
+    sets = ["*.steps=1", "EchoFlowLoadVAE.vae_name=vae/tiny", "EchoFlowLoadImageFlow.model_name=lifm/tiny",
+            "EchoFlowLoadVideoFlow.model_name=lvfm/tiny", "EchoFlowLoadPrivacyGate.reid_name=reid/tiny",
+            "EchoFlowSampleImage.batch_size=2"]
+    prompt = headless.apply_overrides(prompt, sets)
+    for _ in range(2):  # queue the same prompt twice: same seeds, same EF
+        headless.run_prompt(prompt, output_dir=comfy_env, log=None)
+    folder = comfy_env / "echoflow" / "echonet_synthetic"
+    rows = read_filelist(folder)
+    assert 1 <= len(rows) <= 2 and len(list((folder / "Videos").glob("*.avi"))) == len(rows)
+    assert all(r.extra["Seed"] and r.extra["VideoSeed"] and r.extra["Weights"] == "lifm/tiny+lvfm/tiny"
+               for r in rows)
+    assert all(float(r.extra["Tau"]) == pytest.approx(0.9997) for r in rows)
+    # a new seed is a new generation
+    headless.run_prompt(headless.apply_overrides(prompt, ["*.seed=5000"]), output_dir=comfy_env, log=None)
+    assert len(read_filelist(folder)) > len(rows)
+
+
+def test_writer_journal_is_the_only_licence_to_delete(tmp_path):
+    frames = np.full((4, 16, 16), 80, np.uint8)
+    with echonet.EchoNetWriter(tmp_path, ("Seed",), codec="ffv1") as w:
+        w.add("A", frames, 30, ef=50, esv=1, edv=2, split="TRAIN", extra={"Seed": "1"})
+    assert (tmp_path / echonet.JOURNAL_NAME).read_text() == "A\n"
+    user = tmp_path / "Videos" / "B.avi"
+    user.write_bytes(b"a user's file")
+    with echonet.EchoNetWriter(tmp_path, ("Seed",)) as w:
+        assert w.foreign_files == [user] and w.removed_orphans == []
+    assert user.read_bytes() == b"a user's file" and os.path.getsize(tmp_path / echonet.JOURNAL_NAME) == 0
