@@ -105,15 +105,66 @@ def demo_root() -> Path | None:
 
 
 def _folder_kind(folder: Path) -> str | None:
+    return _classify(folder)[0]
+
+
+def _classify(folder: Path) -> tuple[str | None, str | None]:
+    """(kind, None) for a model folder this pack lists; (None, why not) for a folder that has a config but
+    cannot be listed; (None, None) for a folder that is not a model folder at all."""
     if not ((folder / "config.json").is_file() or (folder / "config.yaml").is_file()):
-        return None
+        return None, None
     try:
         from echoflow_models.checkpoint import read_model_class
 
         cls = read_model_class(folder)
-    except Exception:
+    except Exception as exc:
         cls = _read_class_fallback(folder)
-    return CLASS_KINDS.get(str(cls)) if cls else None
+        if not cls:
+            return None, f"{exc}"
+    kind = CLASS_KINDS.get(str(cls))
+    if kind is None:
+        return None, f"its config names the class {cls!r}, which is not an EchoFlow network this pack runs"
+    return kind, None
+
+
+_REPORTED: set[str] = set()
+
+
+def unlisted_model_folders() -> list[tuple[Path, str]]:
+    """Folders under the model roots that hold a config but are not listed by the loaders, with the reason.
+    Each is also logged once as a warning, so a user who dropped a folder in never wonders where it went."""
+    out = []
+    for root in model_roots():
+        for folder, reason in _scan_unlisted(root):
+            out.append((folder, reason))
+            if str(folder) not in _REPORTED:
+                _REPORTED.add(str(folder))
+                log.warning("EchoFlow: %s is not listed in the loaders: %s", folder, reason)
+    return out
+
+
+def _walk(root: Path, max_depth: int = 3) -> list[tuple[Path, str | None, str | None]]:
+    """(folder, kind, why not listed) for every folder under root that holds a model config, sorted; the
+    search does not descend into model folders."""
+    found = []
+    stack = [(root, 0)] if root.is_dir() else []
+    while stack:
+        d, depth = stack.pop()
+        try:
+            entries = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for sub in entries:
+            kind, reason = _classify(sub)
+            if kind or reason:
+                found.append((sub, kind, reason))
+            elif depth + 1 < max_depth:
+                stack.append((sub, depth + 1))
+    return sorted(found, key=lambda item: str(item[0]))
+
+
+def _scan_unlisted(root: Path) -> list[tuple[Path, str]]:
+    return [(folder, reason) for folder, _kind, reason in _walk(root) if reason]
 
 
 def _read_class_fallback(folder: Path) -> str | None:
@@ -128,25 +179,9 @@ def _read_class_fallback(folder: Path) -> str | None:
     return None
 
 
-def _scan(root: Path, max_depth: int = 3) -> Iterable[tuple[str, Path]]:
-    """(relative posix path, folder) for every model folder under root, sorted."""
-    if not root.is_dir():
-        return []
-    found = []
-    stack = [(root, 0)]
-    while stack:
-        d, depth = stack.pop()
-        try:
-            entries = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:
-            continue
-        for sub in entries:
-            kind = _folder_kind(sub)
-            if kind:
-                found.append((sub.relative_to(root).as_posix(), sub, kind))
-            elif depth + 1 < max_depth:
-                stack.append((sub, depth + 1))
-    return [(rel, p, k) for rel, p, k in sorted(found)]
+def _scan(root: Path) -> list[tuple[str, Path, str]]:
+    """(relative posix path, folder, kind) for every listable model folder under root, sorted."""
+    return [(folder.relative_to(root).as_posix(), folder, kind) for folder, kind, _why in _walk(root) if kind]
 
 
 DEMO = "demo"  # the bundled demo model of a kind (the release's preferred one when several)
@@ -170,6 +205,7 @@ def list_models(kind: str) -> list[str]:
             if k == kind and rel not in seen:
                 seen.add(rel)
                 names.append(rel)
+    unlisted_model_folders()  # logs every folder that has a config but cannot be listed, once
     return names
 
 

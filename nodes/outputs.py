@@ -22,7 +22,8 @@ from .common import (
     to_json,
 )
 
-FORMATS = ("mp4", "avi", "mp4+avi")
+PREVIEW = "preview only"  # an mp4 per video in ComfyUI's temp folder: shown on the node, nothing kept
+FORMATS = ("mp4", "avi", "mp4+avi", PREVIEW)
 SPLITS = ("TRAIN", "VAL", "TEST")
 
 
@@ -75,15 +76,17 @@ class EchoFlowSaveVideo:
     DESCRIPTION = (
         "Saves frames as H.264 mp4 and/or EchoNet-style AVI into ComfyUI's output folder, shows the video on "
         "the node, and writes metadata (workflow, generation parameters, privacy report) into the mp4 comment "
-        "and a .json next to each video. Also outputs a VIDEO for core video nodes."
+        "and a .json next to each video. Every video of a batch gets its own preview and its own VIDEO output "
+        "(a list, for core video nodes). 'preview only' shows the videos without keeping any file."
     )
     CATEGORY = CATEGORY + "/output"
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ("VIDEO", "STRING")
     RETURN_NAMES = ("video", "paths")
-    OUTPUT_TOOLTIPS = ("The first saved video as a core VIDEO (for SaveVideo, GetVideoComponents, ...).",
-                       "JSON list of the saved files, relative to the output folder.")
+    OUTPUT_IS_LIST = (True, False)
+    OUTPUT_TOOLTIPS = ("Each saved video as a core VIDEO (a list: core nodes such as SaveVideo run once per video).",
+                       "JSON list of the saved files, relative to the output folder (empty for 'preview only').")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -96,7 +99,8 @@ class EchoFlowSaveVideo:
                 "fps": ("FLOAT", {"default": 32.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames "
                                   "per second (EchoNet-Dynamic videos are ~50 fps; EchoFlow was trained at 32)."}),
                 "format": (list(FORMATS), {"default": "mp4", "tooltip": "mp4: H.264 for viewing; avi: MJPEG "
-                                           "like EchoNet-Dynamic's Videos/*.avi; or both."}),
+                                           "like EchoNet-Dynamic's Videos/*.avi; or both. 'preview only' shows the "
+                                           "videos on the node and keeps no file in the output folder."}),
                 "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Split the batch "
                                              "into videos of this many frames (connect VAE Decode's output); "
                                              "0 saves the whole batch as one video."}),
@@ -118,35 +122,42 @@ class EchoFlowSaveVideo:
             raise EchoFlowInputError(f"fps must be positive, got {fps}")
         frames = image_to_uint8(images)
         videos = split_videos(frames, int(frames_per_video))
-        out_dir = bridge.output_directory()
+        preview_only = format == PREVIEW
+        out_dir = (bridge.temp_directory() if preview_only else bridge.output_directory()).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
         target = bridge.safe_subpath(out_dir, filename_prefix or "echoflow/EchoFlow")
         folder, stem = target.parent, target.name or "EchoFlow"
-        kinds = ["mp4", "avi"] if format == "mp4+avi" else [format]
-        exts = [f".{k}" for k in kinds] + [".json"]
+        kinds = ["mp4"] if preview_only else ["mp4", "avi"] if format == "mp4+avi" else [format]
+        exts = [f".{k}" for k in kinds] + ([] if preview_only else [".json"])
         progress = bridge.Progress(len(videos), "save video")
         meta = _run_metadata(prompt, extra_pnginfo, fps=float(fps), ef=ef, ef_category=ef_category(ef)
                              if ef is not None else None, privacy=_parse_report(privacy_report))
-        saved, previews, first = [], [], None
+        saved, previews, outputs = [], [], []
         for i, video in enumerate(videos):
             base, _counter = bridge.next_save_name(folder, stem, exts)
             item_meta = dict(meta, video_index=i, frames=int(video.shape[0]),
                              height=int(video.shape[1]), width=int(video.shape[2]))
+            first = None
             for kind in kinds:
                 path = base.with_name(base.name + "." + kind)
                 write_video(path, video, fps, kind, item_meta if kind == "mp4" else None)
-                rel = path.relative_to(out_dir.resolve()).as_posix()
-                saved.append(rel)
                 first = first or path
+                if not preview_only:
+                    saved.append(path.relative_to(out_dir).as_posix())
                 if kind == "mp4":
-                    sub = "" if path.parent == out_dir.resolve() else path.parent.relative_to(out_dir.resolve())
-                    previews.append({"filename": path.name, "subfolder": str(sub and sub.as_posix()),
-                                     "type": "output"})
-            base.with_name(base.name + ".json").write_text(to_json(item_meta))
+                    sub = path.parent.relative_to(out_dir).as_posix()
+                    previews.append({"filename": path.name, "subfolder": "" if sub == "." else sub,
+                                     "type": "temp" if preview_only else "output"})
+            if not preview_only:
+                base.with_name(base.name + ".json").write_text(to_json(item_meta))
             if "mp4" not in kinds:
                 previews.append(_webp_preview(video, fps))
+            outputs.append(bridge.video_from_file(first))
             progress.update(1)
-        ui = {"images": previews, "animated": [True], "echoflow_video": [{"files": saved, "fps": float(fps)}]}
-        return {"ui": ui, "result": (bridge.video_from_file(first), json.dumps(saved))}
+        ui = {"images": previews, "animated": [True] * len(previews),
+              "echoflow_video": [{"files": saved, "fps": float(fps), "videos": len(videos),
+                                  "preview_only": preview_only}]}
+        return {"ui": ui, "result": (outputs, json.dumps(saved))}
 
 
 class EchoFlowSaveEchoNetDataset:

@@ -39,6 +39,7 @@ def _solvers() -> list[str]:
 
 STEPS_TIP = "Solver steps from noise (t=1) to the sample (t=0); the reference uses 50. More is slower."
 SOLVER_TIP = "ODE solver: euler (the reference, 1 model call per step), heun or midpoint (2 calls, 2nd order)."
+AUTO_GUIDANCE = -1.0  # the Animate node's "use the video model's recommended guidance"
 SEED_TIP = "Noise seed. Item i of a batch uses seed + i, so a batch equals single runs with consecutive seeds."
 
 
@@ -133,11 +134,12 @@ class EchoFlowAnimate:
                                  "the demo 10-85 %; requests outside come out pulled toward that range."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": STEPS_TIP}),
                 "solver": (_solvers(), {"default": "euler", "tooltip": SOLVER_TIP}),
-                "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
-                                       "tooltip": "Classifier-free guidance on the EF: 1 = off (the reference "
-                                       "default); >1 follows the EF more strongly at twice the cost. A video "
-                                       "model's sampling.json records the value tuned for it (the shipped "
-                                       "workflows use the bundled demo's)."}),
+                "guidance": ("FLOAT", {"default": AUTO_GUIDANCE, "min": AUTO_GUIDANCE, "max": 20.0, "step": 0.1,
+                                       "round": 0.01,
+                                       "tooltip": "Classifier-free guidance on the EF. -1 = the video model's own "
+                                       "recommendation (its sampling.json: 3 for the bundled demo; 1 = off for "
+                                       "the released weights, as the reference). 1 = off; >1 follows the EF more "
+                                       "strongly at twice the cost. The value used is shown on the node."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                                  "tooltip": SEED_TIP}),
             }
@@ -162,6 +164,7 @@ class EchoFlowAnimate:
                 "were trained with"
             )
         pipe = make_pipeline(lvfm=lvfm)
+        guidance = pipe.default_guidance if float(guidance) < 0 else float(guidance)
         b = z.shape[0]
         evals = 2 if guidance != 1.0 else 1
         progress = bridge.Progress(steps * b, "animate", preview=latent_preview)
@@ -176,7 +179,8 @@ class EchoFlowAnimate:
         meta.update(ef=[float(ef)] * b, video_seeds=[seed + i for i in range(b)], video_steps=steps,
                     guidance=float(guidance), solver=solver, ef_category=ef_category(float(ef)),
                     lvfm_model=lvfm.name)
-        return {"ui": {"ef": [float(ef)], "ef_category": [ef_category(float(ef))]},
+        return {"ui": {"ef": [float(ef)], "ef_category": [ef_category(float(ef))], "guidance": [guidance],
+                       "text": [f"EF {float(ef):g} % ({ef_category(float(ef))}), guidance {guidance:g}"]},
                 "result": (make_latent(video, **meta), float(ef))}
 
 

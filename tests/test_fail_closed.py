@@ -484,3 +484,21 @@ def test_writer_journal_is_the_only_licence_to_delete(tmp_path):
     with echonet.EchoNetWriter(tmp_path, ("Seed",)) as w:
         assert w.foreign_files == [user] and w.removed_orphans == []
     assert user.read_bytes() == b"a user's file" and os.path.getsize(tmp_path / echonet.JOURNAL_NAME) == 0
+
+
+def test_a_model_folder_that_cannot_be_listed_is_reported(M, comfy_env, tiny_root, tmp_path, monkeypatch, caplog):
+    import sys
+
+    extra = tmp_path / "root"
+    (extra / "lifm" / "noclass").mkdir(parents=True)
+    (extra / "lifm" / "noclass" / "config.json").write_text('{"sample_size": 28}')
+    (extra / "vae" / "other").mkdir(parents=True)
+    (extra / "vae" / "other" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    monkeypatch.setenv("ECHOFLOW_MODEL_PATH", f"{tiny_root}{os.pathsep}{extra}")
+    bridge = sys.modules[headless.PACK_NAME + ".nodes.comfy_bridge"]
+    with caplog.at_level("WARNING", logger="echoflow"):
+        names = M["EchoFlowLoadImageFlow"].INPUT_TYPES()["required"]["model_name"][0]
+    assert "lifm/tiny" in names and "lifm/noclass" not in names
+    reasons = {folder.name: why for folder, why in bridge.unlisted_model_folders()}
+    assert "_class_name" in reasons["noclass"] and "UNet2DConditionModel" in reasons["other"]
+    assert "noclass" in caplog.text and "not listed" in caplog.text

@@ -387,21 +387,30 @@ def test_save_video_writes_mp4_avi_preview_and_metadata(M, models, env):
     assert files == ["echoflow/clip_00001_.mp4", "echoflow/clip_00001_.avi", "echoflow/clip_00002_.mp4",
                      "echoflow/clip_00002_.avi"]
     ui = r["ui"]
-    assert ui["animated"] == [True]
+    assert ui["animated"] == [True, True]  # one preview per video of the batch
     assert ui["images"][0] == {"filename": "clip_00001_.mp4", "subfolder": "echoflow", "type": "output"}
+    assert ui["images"][1]["filename"] == "clip_00002_.mp4"
     frames, fps = read_video(env / files[0])
     assert frames.shape == (8, 112, 112, 3) and fps == pytest.approx(16.0)
     meta = read_metadata(env / files[0])
     assert meta["ef"] == 55.0 and meta["privacy"]["passed"] == 2 and meta["workflow"] == {"nodes": []}
     assert meta["prompt"]["1"]["class_type"] == "X" and meta["frames"] == 8
     assert json.loads((env / "echoflow" / "clip_00001_.json").read_text())["ef_category"] == "normal"
-    assert str(getattr(video, "path", "")).endswith("clip_00001_.mp4")
+    assert [str(getattr(v, "path", "")).rsplit("/", 1)[-1] for v in video] == ["clip_00001_.mp4", "clip_00002_.mp4"]
+    assert M["EchoFlowSaveVideo"].OUTPUT_IS_LIST == (True, False)
     # never overwrites: a second save continues the counter
     again = json.loads(node.save(images, "echoflow/clip", 16.0, "mp4", 0)["result"][1])
     assert again == ["echoflow/clip_00003_.mp4"]
     assert read_video(env / again[0])[0].shape[0] == 16
     avi_only = node.save(images[:8], "echoflow/avi", 16.0, "avi", 0)["ui"]
     assert avi_only["images"][0]["filename"].endswith(".webp") and avi_only["images"][0]["type"] == "temp"
+    # preview only: shown from the temp folder, nothing kept in the output folder
+    before = sorted(p.relative_to(env).as_posix() for p in env.rglob("*") if p.is_file())
+    shown = node.save(images, "echoflow/look", 16.0, "preview only", per)
+    assert json.loads(shown["result"][1]) == [] and len(shown["result"][0]) == 2
+    assert [i["type"] for i in shown["ui"]["images"]] == ["temp", "temp"]
+    after = sorted(p.relative_to(env).as_posix() for p in env.rglob("*") if p.is_file() and ".echoflow_temp" not in p.parts)
+    assert after == [b for b in before if ".echoflow_temp" not in b]
 
 
 def test_save_video_input_errors(M, env):

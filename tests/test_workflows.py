@@ -152,16 +152,27 @@ def test_ui_workflow_matches_node_definitions(path, info):
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
-def test_workflows_animate_with_the_bundled_video_models_guidance(path):
-    """The shipped workflows load the demo weights, so they use the guidance tuned for the demo LVFM."""
+def test_workflows_animate_with_the_video_models_own_guidance(path):
+    """The shipped workflows leave guidance on auto (-1): each video model uses its recommended value."""
+    animate = [n for n in json.loads(path.read_text()).values() if n["class_type"] == "EchoFlowAnimate"]
+    assert animate and all(n["inputs"]["guidance"] == -1.0 for n in animate)
+
+
+def test_animate_auto_guidance_is_the_loaded_models_recommendation():
     from echoflow_models.checkpoint import read_recommended_guidance
     from echoflow_models.weights import bundled_weights_root
 
     (lvfm_folder,) = (bundled_weights_root() / "lvfm").iterdir()
     recommended = read_recommended_guidance(lvfm_folder)
-    assert recommended is not None, f"{lvfm_folder} has no sampling.json (run `echoflow tune-guidance --write`)"
-    animate = [n for n in json.loads(path.read_text()).values() if n["class_type"] == "EchoFlowAnimate"]
-    assert animate and all(n["inputs"]["guidance"] == recommended for n in animate)
+    assert recommended is not None and recommended != 1.0
+    M = headless.load_pack().NODE_CLASS_MAPPINGS
+    assert M["EchoFlowAnimate"].INPUT_TYPES()["required"]["guidance"][1]["default"] == -1.0
+    (lvfm,) = M["EchoFlowLoadVideoFlow"]().load("demo", "fp32")
+    latents = {"samples": torch.zeros(1, 4, 28, 28), "view": "A4C"}
+    out = M["EchoFlowAnimate"]().animate(lvfm, latents, 50.0, 1, "euler", -1.0, 0)
+    assert out["ui"]["guidance"] == [recommended] and out["result"][0]["guidance"] == recommended
+    explicit = M["EchoFlowAnimate"]().animate(lvfm, latents, 50.0, 1, "euler", 1.0, 0)
+    assert explicit["ui"]["guidance"] == [1.0]
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
