@@ -362,7 +362,7 @@ def run_prompt(
     if errors:
         lines = [f"  node {k} ({clean.get(k, {}).get('class_type', '?')}): {e}" for k, es in errors.items() for e in es]
         raise WorkflowError("the workflow does not validate:\n" + "\n".join(lines))
-    bridge = importlib.import_module(PACK_NAME + ".nodes.comfy_bridge")
+    bridge = importlib.import_module(PACK_NAME + ".nodes.bridge")
     bridge.set_output_directory(output_dir)
     bridge.set_device(device)
     results: dict[str, tuple] = {}
@@ -692,7 +692,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pack = load_pack(args.pack)
         prompt = ui_to_api(workflow_ui, pack_object_info(pack)) if workflow_ui is not None else data
         prompt = apply_overrides(prompt, args.set)
-        bridge = importlib.import_module(PACK_NAME + ".nodes.comfy_bridge")
+        bridge = importlib.import_module(PACK_NAME + ".nodes.bridge")
         try:
             ui = run_prompt(prompt, pack=pack, output_dir=args.out, device=None if args.device == "auto" else
                             args.device, extra_pnginfo={"workflow": workflow_ui} if workflow_ui else None, log=log)

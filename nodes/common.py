@@ -9,7 +9,7 @@ import torch
 
 from echoflow_models.conventions import EF_MAX, EF_MIN, VIEWS  # noqa: F401  (re-exported to the nodes)
 
-from . import comfy_bridge as bridge
+from . import bridge
 
 CATEGORY = "EchoFlow"
 
@@ -170,7 +170,7 @@ def run_in_chunks(total: int, size: int, fn, what: str) -> list:
     return results
 
 
-def make_pipeline(vae=None, lifm=None, lvfm=None):
+def make_pipeline(vae=None, lifm=None, lvfm=None, memory_required: int = 0):
     """An ``EchoFlowPipeline`` over already-placed ComfyUI-managed models.
 
     ``load_models`` (``load_models_gpu`` in ComfyUI) has moved the modules to the compute device; the
@@ -178,7 +178,7 @@ def make_pipeline(vae=None, lifm=None, lvfm=None):
     """
     from echoflow_models.pipeline import EchoFlowPipeline
 
-    device = bridge.load_models([vae, lifm, lvfm])
+    device = bridge.load_models([vae, lifm, lvfm], memory_required=memory_required)
     main = lifm or lvfm or vae
     pipe = EchoFlowPipeline(
         vae=vae.module if vae is not None else None,

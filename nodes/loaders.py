@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import comfy_bridge as bridge
+from . import bridge
 from .common import CATEGORY, EF_T, GATE_T, LIFM_T, LVFM_T, VAE_T, VIEWS, EchoFlowInputError
 
 LOADERS = CATEGORY + "/loaders"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import comfy_bridge as bridge
+from . import bridge
 from .common import (
     CATEGORY,
     EF_MAX,
@@ -296,7 +296,7 @@ class EchoFlowEstimateEF:
         if ef_model is None or getattr(ef_model, "kind", None) != "ef":
             raise EchoFlowInputError("ef_model: connect EchoFlow Load EF Regressor")
         videos = split_videos(image_to_uint8(images), int(frames_per_video))
-        device = bridge.load_models([ef_model])
+        device = bridge.load_models([ef_model], memory_required=bridge.activation_memory(ef_model, 1))
         progress = bridge.Progress(len(videos), "estimate EF")
         values = []
         with torch.inference_mode():

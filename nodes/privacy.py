@@ -51,7 +51,7 @@ class EchoFlowPrivacyGate:
 
         from echoflow_models.reid import PrivacyGate
 
-        from . import comfy_bridge as bridge
+        from . import bridge
 
         if gate is None or getattr(gate, "kind", None) != "reid" or "latent_shape" not in gate.extra:
             raise EchoFlowInputError("gate: connect EchoFlow Load Privacy Gate")
@@ -78,7 +78,7 @@ class EchoFlowPrivacyGate:
         if not bool(torch.isfinite(z).all()):
             raise EchoFlowPrivacyGateError("latents hold NaN or inf values: the image model's weights are broken "
                                            "or its precision overflows (try fp32); nothing is released")
-        device = bridge.load_models([gate])
+        device = bridge.load_models([gate], memory_required=bridge.activation_memory(gate, min(256, z.shape[0])))
         try:
             checker = PrivacyGate(gate.module, gate.extra["bank"].to(device), tau=gate.extra["tau"],
                                   similarity=gate.extra["similarity"], view=view, latent_shape=shape,

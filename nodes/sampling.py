@@ -6,7 +6,7 @@ import torch
 
 from echoflow_models.conventions import check_ef
 
-from . import comfy_bridge as bridge
+from . import bridge
 from .common import (
     CATEGORY,
     EF_MAX,
@@ -87,7 +87,7 @@ class EchoFlowSampleImage:
             if n_masks not in (1, batch_size):
                 raise EchoFlowInputError(f"mask: {n_masks} masks for a batch of {batch_size}; give 1 or "
                                          f"{batch_size}")
-        pipe = make_pipeline(lifm=lifm)
+        pipe = make_pipeline(lifm=lifm, memory_required=bridge.activation_memory(lifm, batch_size))
         progress = bridge.Progress(steps * batch_size, "sample image", preview=latent_preview)
 
         def run(start, count):
@@ -163,9 +163,12 @@ class EchoFlowAnimate:
                 f"latents have {z.shape[1]} channels but the LVFM expects {channels}; use the VAE the models "
                 "were trained with"
             )
-        pipe = make_pipeline(lvfm=lvfm)
-        guidance = pipe.default_guidance if float(guidance) < 0 else float(guidance)
+        recommended = getattr(lvfm.module, "recommended_guidance", None)
+        if float(guidance) < 0:
+            guidance = float(recommended) if recommended is not None else 1.0
+        guidance = float(guidance)
         b = z.shape[0]
+        pipe = make_pipeline(lvfm=lvfm, memory_required=bridge.activation_memory(lvfm, b * (2 if guidance != 1 else 1)))
         evals = 2 if guidance != 1.0 else 1
         progress = bridge.Progress(steps * b, "animate", preview=latent_preview)
         bridge.log.debug("EchoFlow Animate: %d videos x %d steps (%d model calls each)", b, steps, evals)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_bridge as bridge
+from . import bridge
 from .common import (
     CATEGORY,
     LATENT_T,
@@ -69,7 +69,7 @@ class EchoFlowVAEDecode:
                 f"latents have {flat.shape[1]} channels but this VAE's scaling has {scaler.channels}; decode "
                 "with the VAE the latents were made for"
             )
-        pipe = make_pipeline(vae=vae)
+        pipe = make_pipeline(vae=vae, memory_required=bridge.activation_memory(vae, min(chunk_size, flat.shape[0])))
         progress = bridge.Progress(flat.shape[0], "decode")
 
         def run(start, count):
@@ -120,7 +120,7 @@ class EchoFlowVAEEncode:
             raise EchoFlowInputError(f"images: {frames.shape[1]}x{frames.shape[2]} is not a multiple of the "
                                      f"VAE's factor {f}; set size (e.g. 112)")
         gray = frames.float().mean(-1, keepdim=True).round().to(torch.uint8).expand(-1, -1, -1, 3).contiguous()
-        pipe = make_pipeline(vae=vae)
+        pipe = make_pipeline(vae=vae, memory_required=bridge.activation_memory(vae, min(32, gray.shape[0])))
         progress = bridge.Progress(gray.shape[0], "encode")
 
         def run(start, count):

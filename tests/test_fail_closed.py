@@ -404,7 +404,7 @@ def M():
 def comfy_env(tiny_root, tmp_path, monkeypatch):
     import sys
 
-    bridge = sys.modules[headless.PACK_NAME + ".nodes.comfy_bridge"]
+    bridge = sys.modules[headless.PACK_NAME + ".nodes.bridge"]
     monkeypatch.setenv("ECHOFLOW_MODEL_PATH", str(tiny_root))
     monkeypatch.delenv("ECHOFLOW_WEIGHTS", raising=False)
     bridge.set_output_directory(tmp_path / "out")
@@ -495,10 +495,31 @@ def test_a_model_folder_that_cannot_be_listed_is_reported(M, comfy_env, tiny_roo
     (extra / "vae" / "other").mkdir(parents=True)
     (extra / "vae" / "other" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     monkeypatch.setenv("ECHOFLOW_MODEL_PATH", f"{tiny_root}{os.pathsep}{extra}")
-    bridge = sys.modules[headless.PACK_NAME + ".nodes.comfy_bridge"]
+    bridge = sys.modules[headless.PACK_NAME + ".nodes.bridge"]
     with caplog.at_level("WARNING", logger="echoflow"):
         names = M["EchoFlowLoadImageFlow"].INPUT_TYPES()["required"]["model_name"][0]
     assert "lifm/tiny" in names and "lifm/noclass" not in names
     reasons = {folder.name: why for folder, why in bridge.unlisted_model_folders()}
     assert "_class_name" in reasons["noclass"] and "UNet2DConditionModel" in reasons["other"]
     assert "noclass" in caplog.text and "not listed" in caplog.text
+
+
+def test_activation_estimates_scale_with_the_work(tiny_root):
+    from echoflow_models.memory import activation_bytes
+
+    demo = ROOT / "echoflow_models" / "weights" / "phantom"
+    for kind, name in (("lifm", "phantom-dit"), ("lvfm", "phantom-stdit"), ("vae", "phantom-4f4"), ("reid", "phantom-4f4"),
+                       ("ef", "phantom-r3d")):
+        model = load_model(demo / kind / name)
+        one = activation_bytes(model, 1)
+        assert one > 0 and activation_bytes(model, 8) == pytest.approx(8 * one, rel=1e-6)
+        assert activation_bytes(model, 1, torch.bfloat16) == pytest.approx(one / 2, rel=1e-6)
+    # the released STDiT-S/2 at 64 frames needs far more than the demo's
+    from echoflow_models.lvfm import DiffuserSTDiT, STDiTConfig
+
+    released = DiffuserSTDiT(STDiTConfig(input_size=[64, 28, 28], in_channels=8, patch_size=[1, 2, 2], hidden_size=384,
+                                         depth=1, num_heads=6, caption_channels=1, model_max_length=1))
+    demo_lvfm = load_model(demo / "lvfm" / "phantom-stdit")
+    assert activation_bytes(released, 1) > 10 * activation_bytes(demo_lvfm, 1)
+    with pytest.raises(ValueError, match="no activation-memory estimate"):
+        activation_bytes(torch.nn.Linear(2, 2), 1)

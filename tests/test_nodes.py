@@ -31,7 +31,7 @@ def M(pack):
 
 @pytest.fixture(scope="module")
 def bridge(pack):
-    return sys.modules[headless.PACK_NAME + ".nodes.comfy_bridge"]
+    return sys.modules[headless.PACK_NAME + ".nodes.bridge"]
 
 
 @pytest.fixture
@@ -114,8 +114,8 @@ def test_seed_inputs_have_control_after_generate(M):
 
 def test_only_the_bridge_imports_comfyui():
     offenders = []
-    for path in sorted((ROOT / "nodes").glob("*.py")) + [ROOT / "__init__.py"]:
-        if path.name == "comfy_bridge.py":
+    for path in sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]:
+        if path == ROOT / "nodes" / "bridge" / "_host.py":  # the one import of ComfyUI's modules
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -158,7 +158,7 @@ def test_models_are_listed_by_config_class_not_folder(env, M, tiny_root, tmp_pat
 def test_missing_models_give_clear_errors(env, M, bridge, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"models/echoflow/vae/<name>"):
         M["EchoFlowLoadVAE"]().load("vae/nope", "auto", "auto")
-    monkeypatch.setattr(bridge, "demo_root", lambda: None)
+    monkeypatch.setattr(bridge.folders, "demo_root", lambda: None)
     with pytest.raises(FileNotFoundError, match="demo weights are not installed"):
         M["EchoFlowLoadImageFlow"]().load("demo", "auto")
     with pytest.raises(FileNotFoundError, match="assets/"):
@@ -527,7 +527,7 @@ def _fake_comfy(tmp_path):
     mm.intermediate_device = lambda: torch.device("cpu")
     mm.throw_exception_if_processing_interrupted = throw
     mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls.load.append(
-        (len(models), force_full_load))
+        (len(models), memory_required, force_full_load))
     mm.soft_empty_cache = lambda force=False: None
     mm.is_oom = lambda e: isinstance(e, torch.cuda.OutOfMemoryError)
     mp = types.ModuleType("comfy.model_patcher")
@@ -559,8 +559,11 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, tiny_root, pack
     calls, fakes = _fake_comfy(tmp_path)
     for name, mod in fakes.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    spec = importlib.util.spec_from_file_location("echoflow_bridge_under_comfy", ROOT / "nodes" / "comfy_bridge.py")
+    folder = ROOT / "nodes" / "bridge"
+    spec = importlib.util.spec_from_file_location("echoflow_bridge_under_comfy", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     b = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "echoflow_bridge_under_comfy", b)
     spec.loader.exec_module(b)
     assert b.HAS_COMFY
     paths, exts = fakes["folder_paths"].folder_names_and_paths["echoflow"]
@@ -574,7 +577,11 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, tiny_root, pack
 
     m = b.ManagedModel(load_model(tiny_root / "lifm" / "tiny"), torch.float32, "lifm", "lifm/tiny")
     assert calls.patchers and calls.patchers[0].model is m._holder and type(m._holder).__name__ == "EchoFlowLIFM"
-    assert b.load_models([m]) == torch.device("cpu") and calls.load == [(1, True)]
+    assert b.load_models([m]) == torch.device("cpu") and calls.load == [(1, 0, False)]
+    # a real activation estimate is passed on, and ComfyUI may load partly (no force_full_load), as core does
+    need = b.activation_memory(m, 4)
+    b.load_models([m], memory_required=need)
+    assert calls.load[-1] == (1, need, False) and need == 4 * b.activation_memory(m, 1)
     p = b.Progress(3, "x")
     cb = p.callback()
     for i in range(3):
