@@ -68,3 +68,38 @@ def test_js_gate_verdict_reads_the_python_report():
     v = json.loads(r.stdout)
     assert v["ok"] is True and v["headline"].startswith("1/2 passed")
     assert "0.420000" in v["lines"][0] and "REJECT" in v["lines"][1]
+
+
+def test_readouts_are_an_unserialised_widget_inside_the_node():
+    """Issue 18: readouts sit in a widget inside the node (not drawn below it over the next node), kept out of
+    widgets_values and the prompt, and restored from node.properties on reload."""
+    main = (WEB / "echoflow.js").read_text()
+    assert "node.size[1] + 4" not in main and "this.size[1] + 4" not in main  # nothing drawn under the node
+    assert "serialize: false" in main and "options: { serialize: false }" in main
+    assert "computeSize(" in main and "addCustomWidget(" in main
+    assert '"onConfigure"' in main and '"onExecuted"' in main
+    assert "READOUT_PROPERTY" in main
+
+
+@needs_node
+def test_js_readouts_read_what_the_nodes_send():
+    """Each readout comes from the ui key its node really sends (names checked against the node sources)."""
+    sources = {name: (ROOT / "nodes" / f"{mod}.py").read_text() for name, mod in
+               [("gate", "privacy"), ("gate_tau", "loaders"), ("ef", "outputs"), ("video", "outputs")]}
+    keys = {"gate": "echoflow_gate", "gate_tau": "echoflow_gate_tau", "ef": "echoflow_ef", "video": "echoflow_video"}
+    for kind, key in keys.items():
+        assert f'"{key}"' in sources[kind], (kind, key)
+    script = (
+        f"import('{(WEB / 'echoflow_logic.js').as_uri()}').then(m => console.log(JSON.stringify(["
+        "m.READOUT_KINDS, "
+        "m.readoutFromMessage('gate_tau', {echoflow_gate_tau: [{tau: 0.979, calibrated_tau: 0.979, "
+        "tau_chosen_by: 'calibrated', calibrated_source: 'gates.json', looser_than_calibrated: false}]}), "
+        "m.readoutFromMessage('video', {text: ['x']})])))"
+    )
+    r = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kinds, tau, none = json.loads(r.stdout)
+    assert sorted(kinds) == ["EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
+                             "EchoFlowSaveVideo"]
+    assert tau == {"lines": ["τ 0.979 (calibrated, gates.json)"], "color": "#5cb85c"}
+    assert none is None

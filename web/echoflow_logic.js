@@ -27,6 +27,12 @@ export function efBadge(ef) {
   return { text: `EF ${Number.isFinite(value) ? value.toFixed(value % 1 ? 1 : 0) : "?"}% · ${cat.label}`, color: cat.color };
 }
 
+/** A threshold for display: 6 significant digits, no trailing zeros (0.9791376051789112 -> 0.979138). */
+export function fmtTau(x) {
+  const v = Number(x);
+  return Number.isFinite(v) ? String(Number(v.toPrecision(6))) : "?";
+}
+
 function fmtSim(x) {
   return typeof x === "number" && Number.isFinite(x) ? x.toFixed(6) : String(x);
 }
@@ -38,9 +44,8 @@ export function gateVerdict(report) {
   }
   const items = report.items;
   const passed = items.filter((it) => it.passed).length;
-  const tau = Number(report.tau);
   const ok = passed > 0;
-  const headline = `${passed}/${items.length} passed · τ ${Number.isFinite(tau) ? tau : "?"} (${report.similarity ?? "?"})`;
+  const headline = `${passed}/${items.length} passed · τ ${fmtTau(report.tau)} (${report.similarity ?? "?"})`;
   const lines = items.map((it, i) => {
     const mark = it.passed ? "PASS" : "REJECT";
     return `#${i} ${mark}  max ${fmtSim(it.max_similarity)}  bank #${it.nearest_index}`;
@@ -56,8 +61,8 @@ export function gateTauLine(decision) {
   if (!decision || !Number.isFinite(Number(decision.tau))) {
     return { color: "#999999", text: "tau: not loaded yet" };
   }
-  const tau = Number(decision.tau);
-  const calibrated = Number(decision.calibrated_tau);
+  const tau = fmtTau(decision.tau);
+  const calibrated = fmtTau(decision.calibrated_tau);
   if (decision.looser_than_calibrated) {
     return { color: "#d9534f", text: `τ ${tau} LOOSER than calibrated ${calibrated} (opted in)` };
   }
@@ -93,14 +98,139 @@ export function savedVideoLines(info) {
   return lines;
 }
 
-/** Cut text lines so each fits maxChars (the canvas has no wrapping). */
-export function clipLines(lines, maxChars, maxLines = 12) {
+// ------------------------------------------------------------------ readouts shown inside the node
+// A readout is { lines: string[], color: string | null }: the first line is drawn in `color` (green pass, yellow
+// partial, red reject or looser tau) and a bar of that colour runs down its left edge. It is kept in
+// node.properties[READOUT_PROPERTY] (saved with the workflow), never in widgets_values.
+
+export const READOUT_PROPERTY = "echoflow_readout";
+export const READOUT_MAX_LINES = 40;
+const READOUT_MAX_CHARS = 400;
+const COLOR_RE = /^#[0-9a-fA-F]{3,8}$/;
+
+/** Which ui key each EchoFlow node sends its readout in (nodes not listed here have none). */
+export const READOUT_KINDS = {
+  EchoFlowPrivacyGate: "gate",
+  EchoFlowLoadPrivacyGate: "gate_tau",
+  EchoFlowEstimateEF: "ef",
+  EchoFlowSaveVideo: "video",
+};
+
+/**
+ * The readout an `executed` message carries for a node of `kind`, or null when the message has none (a cached
+ * re-run may send `executed` with no output at all: the node keeps what it shows).
+ */
+export function readoutFromMessage(kind, message) {
+  if (!message || typeof message !== "object") return null;
+  if (kind === "gate") {
+    if (!Array.isArray(message.echoflow_gate)) return null;
+    const v = gateVerdict(message.echoflow_gate[0]);
+    return { lines: [v.headline, ...v.lines], color: v.color };
+  }
+  if (kind === "gate_tau") {
+    if (!Array.isArray(message.echoflow_gate_tau)) return null;
+    const line = gateTauLine(message.echoflow_gate_tau[0]);
+    return { lines: [line.text], color: line.color };
+  }
+  if (kind === "ef") {
+    if (!Array.isArray(message.echoflow_ef)) return null;
+    const lines = efEstimateLines(message.echoflow_ef, message.echoflow_ef_target?.[0]);
+    return { lines: lines.length ? lines : ["no EF estimate"], color: null };
+  }
+  if (kind === "video") {
+    if (!Array.isArray(message.echoflow_video)) return null;
+    const lines = savedVideoLines(message.echoflow_video[0]);
+    return { lines: lines.length ? lines : ["no video saved"], color: null };
+  }
+  return null;
+}
+
+/** A plain, bounded copy of a readout for node.properties (what the saved workflow carries). */
+export function readoutToProperty(readout) {
+  const r = readoutFromProperty(readout);
+  return r ? { lines: r.lines, color: r.color } : null;
+}
+
+/**
+ * The readout stored in node.properties, checked (a hand-edited or foreign workflow must not break the node):
+ * null unless it has at least one line; lines become strings, bounded in count and length; a colour that is not
+ * a #hex colour is dropped.
+ */
+export function readoutFromProperty(value) {
+  if (!value || typeof value !== "object" || !Array.isArray(value.lines) || value.lines.length === 0) return null;
+  let lines = value.lines.map((l) => String(l ?? "").slice(0, READOUT_MAX_CHARS));
+  if (lines.length > READOUT_MAX_LINES) {
+    lines = [...lines.slice(0, READOUT_MAX_LINES - 1), `… ${lines.length - READOUT_MAX_LINES + 1} more`];
+  }
+  const color = typeof value.color === "string" && COLOR_RE.test(value.color) ? value.color : null;
+  return { lines, color };
+}
+
+/**
+ * Wrap text lines to at most maxChars each (the canvas does not wrap): breaks after the last "/", space, "_",
+ * "-" or "·" that leaves at least a third of a line, else mid-word; continuation lines are indented by two spaces.
+ */
+export function wrapLines(lines, maxChars) {
+  const width = Math.max(8, Math.floor(maxChars));
   const out = [];
   for (const line of lines) {
-    const s = String(line);
-    out.push(s.length > maxChars ? s.slice(0, Math.max(1, maxChars - 1)) + "…" : s);
-    if (out.length >= maxLines) break;
+    let rest = String(line);
+    let indent = "";
+    while (indent.length + rest.length > width) {
+      const room = width - indent.length;
+      let cut = -1;
+      for (const sep of ["/", " ", "_", "-", "·"]) cut = Math.max(cut, rest.lastIndexOf(sep, room - 1) + 1);
+      if (cut < room / 3) cut = room;
+      out.push(indent + rest.slice(0, cut).trimEnd());
+      rest = rest.slice(cut).trimStart();
+      indent = "  ";
+    }
+    out.push(indent + rest);
   }
-  if (lines.length > maxLines) out[maxLines - 1] = `… ${lines.length - maxLines + 1} more`;
   return out;
+}
+
+/** Layout of the readout box: line height, padding and char width of its 12px monospace font, in canvas px. */
+export const READOUT_LAYOUT = { lineHeight: 15, padY: 6, padX: 12, margin: 15, charWidth: 7.3 };
+
+/** How many characters fit on one line of a readout box in a node `nodeWidth` wide. */
+export function readoutCharsPerLine(nodeWidth, layout = READOUT_LAYOUT) {
+  const inner = Number(nodeWidth) - 2 * layout.margin - layout.padX - 6;
+  return Math.max(8, Math.floor(inner / layout.charWidth));
+}
+
+/** The wrapped lines and the height a readout box needs in a node `nodeWidth` wide. */
+export function readoutLayout(readout, nodeWidth, layout = READOUT_LAYOUT) {
+  const r = readoutFromProperty(readout);
+  if (!r) return { lines: [], height: 0 };
+  const lines = wrapLines(r.lines, readoutCharsPerLine(nodeWidth, layout));
+  return { lines, color: r.color, height: lines.length * layout.lineHeight + 2 * layout.padY };
+}
+
+/**
+ * Where to move the nodes below a node that grew, so that nothing covers it: `boxes` are
+ * { id, x, y, w, h } with y the top of the title bar and h including it; `grownId` names the grown node (its box
+ * already has the new height). A node is pushed when it overlaps the grown node horizontally, its top lies below
+ * the grown node's title and above its new bottom + gap; a pushed node pushes the ones below it in turn. Nodes
+ * beside or above are never moved. Returns { id: dy } for the nodes to move down by dy (> 0).
+ */
+export function pushDownBelow(boxes, grownId, gap = 10, titleHeight = 30) {
+  const byId = new Map(boxes.map((b) => [b.id, { ...b }]));
+  const moves = {};
+  const queue = [byId.get(grownId)].filter(Boolean);
+  while (queue.length) {
+    const a = queue.shift();
+    const bottom = a.y + a.h + gap;
+    const hit = [...byId.values()]
+      .filter((b) => b.id !== a.id && b.id !== grownId && a.x < b.x + b.w && b.x < a.x + a.w)
+      .filter((b) => b.y > a.y + titleHeight && b.y < bottom)
+      .sort((p, q) => p.y - q.y);
+    for (const b of hit) {
+      const dy = bottom - b.y;
+      b.y += dy;
+      moves[b.id] = (moves[b.id] ?? 0) + dy;
+      queue.push(b);
+    }
+  }
+  return moves;
 }
