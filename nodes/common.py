@@ -21,6 +21,9 @@ LVFM_T = "ECHOFLOW_LVFM"
 GATE_T = "ECHOFLOW_GATE"
 EF_T = "ECHOFLOW_EF_MODEL"
 LATENT_T = "ECHOFLOW_LATENT"
+# What travels with decoded frames: how the IMAGE batch splits into videos, and each video's EF, seeds,
+# models and privacy verdict (from the latents' metadata), so output nodes need no extra wires.
+VIDEO_INFO_T = "ECHOFLOW_VIDEO_INFO"
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF - 1024  # seed + batch index must stay a valid torch seed
 
@@ -97,9 +100,51 @@ def split_videos(images: torch.Tensor, frames_per_video: int, name: str = "image
     if n % frames_per_video:
         raise EchoFlowInputError(
             f"{name}: {n} frames do not split into videos of {frames_per_video} frames; connect the "
-            "'frames_per_video' output of EchoFlow VAE Decode, or set 0 to save the batch as one video"
+            "video_info of the EchoFlow VAE Decode that made these frames (or none: the batch is one video)"
         )
     return list(images.split(frames_per_video))
+
+
+def make_video_info(meta: dict, frames_per_video: int, videos: int) -> dict:
+    """The ECHOFLOW_VIDEO_INFO of a decode: the split, the run-wide settings and one entry per video."""
+    privacy = meta.get("privacy") if isinstance(meta.get("privacy"), dict) else None
+    passed = [it for it in (privacy or {}).get("items", []) if it.get("passed")]
+
+    def per_video(key: str) -> list | None:
+        value = meta.get(key)
+        return list(value) if isinstance(value, list) and len(value) == videos else None
+
+    efs, seeds, video_seeds = per_video("ef"), per_video("seeds"), per_video("video_seeds")
+    items = []
+    for i in range(videos):
+        item = {"ef": efs[i] if efs else None, "seed": seeds[i] if seeds else None,
+                "video_seed": video_seeds[i] if video_seeds else None}
+        if len(passed) == videos:
+            item["max_similarity"] = passed[i].get("max_similarity")
+        items.append({k: v for k, v in item.items() if v is not None})
+    run = {k: meta[k] for k in ("view", "lifm_model", "lvfm_model", "guidance", "image_steps", "video_steps",
+                                "solver", "masked") if meta.get(k) is not None}
+    if privacy is not None:
+        run["privacy"] = {k: v for k, v in privacy.items() if k != "items"}
+    return {"frames_per_video": int(frames_per_video), "videos": int(videos), "run": run, "items": items}
+
+
+def videos_and_info(images: torch.Tensor, video_info: Any = None, name: str = "images"
+                    ) -> tuple[list[torch.Tensor], list[dict], dict]:
+    """uint8 videos of an IMAGE batch, each video's metadata and the run's, from an optional video_info."""
+    frames = image_to_uint8(images, name)
+    if video_info is None:
+        return [frames], [{}], {}
+    if not isinstance(video_info, dict) or "frames_per_video" not in video_info:
+        raise EchoFlowInputError("video_info: connect the video_info output of EchoFlow VAE Decode")
+    videos = split_videos(frames, int(video_info["frames_per_video"]), name)
+    items = video_info.get("items") or []
+    if len(items) != len(videos):
+        raise EchoFlowInputError(
+            f"{name}: {len(videos)} video(s) but video_info describes {len(items)}; connect the images and the "
+            "video_info of the same EchoFlow VAE Decode"
+        )
+    return videos, [dict(item) for item in items], dict(video_info.get("run") or {})
 
 
 def latent_preview(latents: torch.Tensor):

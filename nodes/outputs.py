@@ -14,12 +14,11 @@ from .common import (
     EF_MAX,
     EF_MIN,
     EF_T,
-    LATENT_T,
+    VIDEO_INFO_T,
     EchoFlowInputError,
     ef_category,
-    image_to_uint8,
-    split_videos,
     to_json,
+    videos_and_info,
 )
 
 PREVIEW = "preview only"  # an mp4 per video in ComfyUI's temp folder: shown on the node, nothing kept
@@ -101,27 +100,21 @@ class EchoFlowSaveVideo:
                 "format": (list(FORMATS), {"default": "mp4", "tooltip": "mp4: H.264 for viewing; avi: MJPEG "
                                            "like EchoNet-Dynamic's Videos/*.avi; or both. 'preview only' shows the "
                                            "videos on the node and keeps no file in the output folder."}),
-                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Split the batch "
-                                             "into videos of this many frames (connect VAE Decode's output); "
-                                             "0 saves the whole batch as one video."}),
             },
             "optional": {
-                "privacy_report": ("STRING", {"forceInput": True, "tooltip": "Privacy Gate's report_json, "
-                                              "stored in the metadata."}),
-                "ef": ("FLOAT", {"forceInput": True, "tooltip": "The EF the videos were conditioned on, stored "
-                                 "in the metadata."}),
+                "video_info": (VIDEO_INFO_T, {"tooltip": "VAE Decode's video_info: splits the frames into videos "
+                                              "and stores each video's EF, seeds, models and privacy verdict in "
+                                              "its metadata. Without it the whole batch is one video."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, filename_prefix, fps, format, frames_per_video, privacy_report=None, ef=None,
-             prompt=None, extra_pnginfo=None):
+    def save(self, images, filename_prefix, fps, format, video_info=None, prompt=None, extra_pnginfo=None):
         if format not in FORMATS:
             raise EchoFlowInputError(f"format must be one of {FORMATS}, got {format!r}")
         if not fps or fps <= 0:
             raise EchoFlowInputError(f"fps must be positive, got {fps}")
-        frames = image_to_uint8(images)
-        videos = split_videos(frames, int(frames_per_video))
+        videos, items, run = videos_and_info(images, video_info)
         preview_only = format == PREVIEW
         out_dir = (bridge.temp_directory() if preview_only else bridge.output_directory()).resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,13 +123,14 @@ class EchoFlowSaveVideo:
         kinds = ["mp4"] if preview_only else ["mp4", "avi"] if format == "mp4+avi" else [format]
         exts = [f".{k}" for k in kinds] + ([] if preview_only else [".json"])
         progress = bridge.Progress(len(videos), "save video")
-        meta = _run_metadata(prompt, extra_pnginfo, fps=float(fps), ef=ef, ef_category=ef_category(ef)
-                             if ef is not None else None, privacy=_parse_report(privacy_report))
+        meta = _run_metadata(prompt, extra_pnginfo, fps=float(fps), **run)
         saved, previews, outputs = [], [], []
         for i, video in enumerate(videos):
             base, _counter = bridge.next_save_name(folder, stem, exts)
-            item_meta = dict(meta, video_index=i, frames=int(video.shape[0]),
+            item_meta = dict(meta, **items[i], video_index=i, frames=int(video.shape[0]),
                              height=int(video.shape[1]), width=int(video.shape[2]))
+            if "ef" in items[i]:
+                item_meta["ef_category"] = ef_category(items[i]["ef"])
             first = None
             for kind in kinds:
                 path = base.with_name(base.name + "." + kind)
@@ -181,10 +175,9 @@ class EchoFlowSaveEchoNetDataset:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "Frames from EchoFlow VAE Decode (videos one after another)."}),
-                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frames per "
-                                             "video (connect VAE Decode's output); 0 = the batch is one video."}),
                 "ef": ("FLOAT", {"default": 55.0, "min": EF_MIN, "max": EF_MAX, "step": 0.5, "round": 0.1,
-                                 "tooltip": "EF (percent) written to FileList.csv; connect Animate's ef output."}),
+                                 "tooltip": "EF (percent) written to FileList.csv for videos whose video_info "
+                                 "carries none (frames not made by EchoFlow Animate)."}),
                 "dataset_dir": ("STRING", {"default": "echoflow/echonet_synthetic", "tooltip": "Dataset folder "
                                            "inside ComfyUI's output folder."}),
                 "split": (list(SPLITS), {"default": "TRAIN", "tooltip": "Split column of FileList.csv."}),
@@ -194,10 +187,9 @@ class EchoFlowSaveEchoNetDataset:
                                            "(letters, digits, '_' or '-')."}),
             },
             "optional": {
-                "privacy_report": ("STRING", {"forceInput": True, "tooltip": "Privacy Gate's report_json: each "
-                                              "video's similarity and the tau it passed are logged."}),
-                "latent_video": (LATENT_T, {"tooltip": "Animate's latent_video: its seeds and models identify "
-                                            "each generation, so a re-queued run does not add duplicates."}),
+                "video_info": (VIDEO_INFO_T, {"tooltip": "VAE Decode's video_info: splits the frames into videos; "
+                                              "each row gets the video's EF, seeds, models, similarity and tau, so a "
+                                              "re-queued run does not add duplicates."}),
                 "append_to_existing": ("BOOLEAN", {"default": False, "tooltip": "Allow appending to a "
                                                    "FileList.csv this pack did not write (e.g. a real dataset): the "
                                                    "original is kept as FileList.original.csv and every new row "
@@ -205,8 +197,7 @@ class EchoFlowSaveEchoNetDataset:
             },
         }
 
-    def save(self, images, frames_per_video, ef, dataset_dir, split, fps, name_prefix, privacy_report=None,
-             latent_video=None, append_to_existing=False):
+    def save(self, images, ef, dataset_dir, split, fps, name_prefix, video_info=None, append_to_existing=False):
         from echoflow_models.conventions import check_ef
         from echoflow_models.echonet import (
             EchoNetFormatError,
@@ -224,31 +215,23 @@ class EchoFlowSaveEchoNetDataset:
             raise EchoFlowInputError(str(exc)) from None
         if not fps or fps <= 0:
             raise EchoFlowInputError(f"fps must be positive, got {fps}")
-        frames = image_to_uint8(images)
-        videos = split_videos(frames, int(frames_per_video))
+        videos, items, run = videos_and_info(images, video_info)
         out_dir = bridge.output_directory()
         root = bridge.safe_subpath(out_dir, dataset_dir or "echoflow/echonet_synthetic")
-        report = _parse_report(privacy_report)
-        items = report.get("items", []) if isinstance(report, dict) else []
-        view = report.get("view") if isinstance(report, dict) else None
-        meta = latent_video if isinstance(latent_video, dict) else {}
-        video_seeds = meta.get("video_seeds") or []
-        image_seeds = meta.get("seeds") or [item.get("seed") for item in items]
-        weights = "+".join(str(meta[k]) for k in ("lifm_model", "lvfm_model") if meta.get(k))
+        privacy = run.get("privacy") or {}
+        weights = "+".join(str(run[k]) for k in ("lifm_model", "lvfm_model") if run.get(k))
         progress = bridge.Progress(len(videos), "save dataset")
         added, duplicates = [], []
         for i, video in enumerate(videos):
-            extra = {"View": view or meta.get("view") or "", "Weights": weights or None,
-                     "Tau": f"{report['tau']:.6g}" if isinstance(report, dict) and "tau" in report else None}
-            if len(items) == len(videos):
-                extra["MaxSimilarity"] = f"{float(items[i].get('max_similarity', float('nan'))):.6f}"
-            if len(image_seeds) == len(videos) and image_seeds[i] is not None:
-                extra["Seed"] = image_seeds[i]
-            if len(video_seeds) == len(videos):
-                extra["VideoSeed"] = video_seeds[i]
+            item = items[i]
+            extra = {"View": run.get("view") or privacy.get("view") or "", "Weights": weights or None,
+                     "Tau": f"{privacy['tau']:.6g}" if "tau" in privacy else None, "Seed": item.get("seed"),
+                     "VideoSeed": item.get("video_seed"),
+                     "MaxSimilarity": f"{item['max_similarity']:.6f}" if "max_similarity" in item else None}
             try:
-                rec, written = append_synthetic(root, video.contiguous().cpu().numpy(), float(fps), float(ef), split,
-                                                extra, prefix=prefix, add_missing_columns=bool(append_to_existing))
+                rec, written = append_synthetic(root, video.contiguous().cpu().numpy(), float(fps),
+                                                float(item.get("ef", ef)), split, extra, prefix=prefix,
+                                                add_missing_columns=bool(append_to_existing))
             except EchoNetFormatError as exc:
                 raise EchoFlowInputError(f"dataset_dir: {exc}") from None
             (added if written else duplicates).append(rec.file_name)
@@ -267,7 +250,8 @@ class EchoFlowEstimateEF:
     SEARCH_ALIASES = ["ejection fraction", "lvef"]
     DESCRIPTION = (
         "Estimates the ejection fraction of each video with an EF regressor, so a workflow can check that "
-        "generated videos show the EF they were conditioned on (connect Animate's ef as target_ef)."
+        "generated videos show the EF they were conditioned on (connect VAE Decode's video_info: each video is "
+        "compared with the EF it was asked for)."
     )
     CATEGORY = CATEGORY + "/analysis"
     FUNCTION = "estimate"
@@ -275,7 +259,7 @@ class EchoFlowEstimateEF:
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("ef", "report")
     OUTPUT_TOOLTIPS = ("Mean estimated EF over the videos (percent).",
-                       "Per-video estimates, categories and the error to target_ef when given.")
+                       "Per-video estimates, categories and the error to the requested EF when known.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -283,19 +267,19 @@ class EchoFlowEstimateEF:
             "required": {
                 "ef_model": (EF_T, {"tooltip": "EF regressor from EchoFlow Load EF Regressor."}),
                 "images": ("IMAGE", {"tooltip": "Video frames from EchoFlow VAE Decode."}),
-                "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Frames per "
-                                             "video (connect VAE Decode's output); 0 = one video."}),
             },
             "optional": {
-                "target_ef": ("FLOAT", {"forceInput": True, "tooltip": "The EF the videos were asked for; the "
-                                        "report gives the absolute error."}),
+                "video_info": (VIDEO_INFO_T, {"tooltip": "VAE Decode's video_info: splits the frames into videos "
+                                              "and gives each video's requested EF, so the report shows the error. "
+                                              "Without it the whole batch is one video."}),
             },
         }
 
-    def estimate(self, ef_model, images, frames_per_video, target_ef=None):
+    def estimate(self, ef_model, images, video_info=None):
         if ef_model is None or getattr(ef_model, "kind", None) != "ef":
             raise EchoFlowInputError("ef_model: connect EchoFlow Load EF Regressor")
-        videos = split_videos(image_to_uint8(images), int(frames_per_video))
+        videos, items, _run = videos_and_info(images, video_info)
+        targets = [item.get("ef") for item in items]
         device = bridge.load_models([ef_model], memory_required=bridge.activation_memory(ef_model, 1))
         progress = bridge.Progress(len(videos), "estimate EF")
         values = []
@@ -309,16 +293,16 @@ class EchoFlowEstimateEF:
         lines = []
         for i, v in enumerate(values):
             line = f"video {i}: EF {v:.1f}% ({ef_category(v)})"
-            if target_ef is not None:
-                line += f", target {float(target_ef):.1f}%, error {abs(v - float(target_ef)):.1f}"
+            if targets[i] is not None:
+                line += f", target {float(targets[i]):.1f}%, error {abs(v - float(targets[i])):.1f}"
             lines.append(line)
         mean = sum(values) / len(values)
         if len(values) > 1:
             lines.append(f"mean EF {mean:.1f}%")
         report = "\n".join(lines)
         ui = {"text": [report], "echoflow_ef": values}
-        if target_ef is not None:
-            ui["echoflow_ef_target"] = [float(target_ef)]
+        if targets[0] is not None and len(set(targets)) == 1:  # one requested EF for every video
+            ui["echoflow_ef_target"] = [float(targets[0])]
         return {"ui": ui, "result": (mean, report)}
 
 

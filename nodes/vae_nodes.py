@@ -9,12 +9,14 @@ from .common import (
     CATEGORY,
     LATENT_T,
     VAE_T,
+    VIDEO_INFO_T,
     VIEWS,
     EchoFlowInputError,
     image_to_uint8,
     latent_samples,
     make_latent,
     make_pipeline,
+    make_video_info,
     run_in_chunks,
     uint8_to_image,
 )
@@ -34,11 +36,12 @@ class EchoFlowVAEDecode:
     )
     CATEGORY = CATEGORY + "/vae"
     FUNCTION = "decode"
-    RETURN_TYPES = ("IMAGE", "INT")
-    RETURN_NAMES = ("images", "frames_per_video")
+    RETURN_TYPES = ("IMAGE", VIDEO_INFO_T)
+    RETURN_NAMES = ("images", "video_info")
     OUTPUT_TOOLTIPS = (
         "Frames [N, H, W, 3] float 0..1; for B videos of T frames N = B*T, video-major.",
-        "Frames per video (T; 1 for still images), for Save Video / Save EchoNet Dataset / Estimate EF.",
+        "How the frames split into videos and what each video is (EF, seeds, models, privacy verdict), for "
+        "Save Video / Save EchoNet Dataset / Estimate EF.",
     )
 
     @classmethod
@@ -79,7 +82,8 @@ class EchoFlowVAEDecode:
 
         frames = torch.cat(run_in_chunks(flat.shape[0], chunk_size, run, "decode"))
         images, _ = uint8_to_image(frames)
-        return (images, int(t))
+        meta = {k: v for k, v in latents.items() if k != "samples"}
+        return (images, make_video_info(meta, int(t), int(b)))
 
 
 class EchoFlowVAEEncode:

@@ -296,11 +296,13 @@ def test_animate_decode_encode_chain(M, models):
     single = M["EchoFlowAnimate"]().animate(models.lvfm, dict(lat, samples=lat["samples"][1:]), 35.0, 2, "heun",
                                             1.0, 6)["result"][0]["samples"]
     torch.testing.assert_close(z[1:], single, atol=1e-5, rtol=1e-5)
-    images, per_video = M["EchoFlowVAEDecode"]().decode(models.vae, video, 3)
-    assert images.shape == (16, 112, 112, 3) and per_video == 8
+    images, info = M["EchoFlowVAEDecode"]().decode(models.vae, video, 3)
+    assert images.shape == (16, 112, 112, 3) and info["frames_per_video"] == 8 and info["videos"] == 2
+    assert [item["ef"] for item in info["items"]] == [35.0, 35.0] and info["items"][1]["video_seed"] == 6
+    assert info["items"][0]["seed"] == lat["seeds"][0] and info["run"]["view"] == "A4C"
     assert images.dtype == torch.float32 and 0.0 <= images.min() and images.max() <= 1.0
     stills, one = M["EchoFlowVAEDecode"]().decode(models.vae, lat, 16)
-    assert stills.shape == (2, 112, 112, 3) and one == 1
+    assert stills.shape == (2, 112, 112, 3) and one["frames_per_video"] == 1
     (enc,) = M["EchoFlowVAEEncode"]().encode(models.vae, stills, "A4C", 112)
     assert enc["samples"].shape == (2, 4, 28, 28) and enc["view"] == "A4C"
     (resized,) = M["EchoFlowVAEEncode"]().encode(models.vae, torch.rand(1, 64, 80, 4), "unknown", 112)
@@ -370,18 +372,21 @@ def test_interrupt_stops_sampling_within_a_step(M, models, bridge):
 
 # ---------------------------------------------------------------------------------------- outputs
 def _video_images(M, models, n=2):
+    """Sample -> privacy gate -> animate -> decode: frames and their video_info."""
     lat = sample(M, models, batch_size=n)["result"][0]
-    video = M["EchoFlowAnimate"]().animate(models.lvfm, lat, 55.0, 1, "euler", 1.0, 0)["result"][0]
+    passed = M["EchoFlowPrivacyGate"]().check(models.gate, lat)["result"][0]
+    assert passed["samples"].shape[0] == n
+    video = M["EchoFlowAnimate"]().animate(models.lvfm, passed, 55.0, 1, "euler", 1.0, 0)["result"][0]
     return M["EchoFlowVAEDecode"]().decode(models.vae, video, 16)
 
 
 def test_save_video_writes_mp4_avi_preview_and_metadata(M, models, env):
     from echoflow_models.video_io import read_metadata, read_video
 
-    images, per = _video_images(M, models)
+    images, info = _video_images(M, models)
     node = M["EchoFlowSaveVideo"]()
-    r = node.save(images, "echoflow/clip", 16.0, "mp4+avi", per, privacy_report='{"passed": 2, "items": []}',
-                  ef=55.0, prompt={"1": {"class_type": "X"}}, extra_pnginfo={"workflow": {"nodes": []}})
+    r = node.save(images, "echoflow/clip", 16.0, "mp4+avi", info, prompt={"1": {"class_type": "X"}},
+                  extra_pnginfo={"workflow": {"nodes": []}})
     video, paths = r["result"]
     files = json.loads(paths)
     assert files == ["echoflow/clip_00001_.mp4", "echoflow/clip_00001_.avi", "echoflow/clip_00002_.mp4",
@@ -395,18 +400,20 @@ def test_save_video_writes_mp4_avi_preview_and_metadata(M, models, env):
     meta = read_metadata(env / files[0])
     assert meta["ef"] == 55.0 and meta["privacy"]["passed"] == 2 and meta["workflow"] == {"nodes": []}
     assert meta["prompt"]["1"]["class_type"] == "X" and meta["frames"] == 8
+    assert meta["seed"] == info["items"][0]["seed"] and meta["max_similarity"] < meta["privacy"]["tau"]
+    assert read_metadata(env / files[2])["seed"] == info["items"][1]["seed"]  # each video its own entry
     assert json.loads((env / "echoflow" / "clip_00001_.json").read_text())["ef_category"] == "normal"
     assert [str(getattr(v, "path", "")).rsplit("/", 1)[-1] for v in video] == ["clip_00001_.mp4", "clip_00002_.mp4"]
     assert M["EchoFlowSaveVideo"].OUTPUT_IS_LIST == (True, False)
     # never overwrites: a second save continues the counter
-    again = json.loads(node.save(images, "echoflow/clip", 16.0, "mp4", 0)["result"][1])
-    assert again == ["echoflow/clip_00003_.mp4"]
+    again = json.loads(node.save(images, "echoflow/clip", 16.0, "mp4")["result"][1])
+    assert again == ["echoflow/clip_00003_.mp4"]  # no video_info: the batch is one video
     assert read_video(env / again[0])[0].shape[0] == 16
-    avi_only = node.save(images[:8], "echoflow/avi", 16.0, "avi", 0)["ui"]
+    avi_only = node.save(images[:8], "echoflow/avi", 16.0, "avi")["ui"]
     assert avi_only["images"][0]["filename"].endswith(".webp") and avi_only["images"][0]["type"] == "temp"
     # preview only: shown from the temp folder, nothing kept in the output folder
     before = sorted(p.relative_to(env).as_posix() for p in env.rglob("*") if p.is_file())
-    shown = node.save(images, "echoflow/look", 16.0, "preview only", per)
+    shown = node.save(images, "echoflow/look", 16.0, "preview only", info)
     assert json.loads(shown["result"][1]) == [] and len(shown["result"][0]) == 2
     assert [i["type"] for i in shown["ui"]["images"]] == ["temp", "temp"]
     after = sorted(p.relative_to(env).as_posix() for p in env.rglob("*") if p.is_file() and ".echoflow_temp" not in p.parts)
@@ -416,22 +423,26 @@ def test_save_video_writes_mp4_avi_preview_and_metadata(M, models, env):
 def test_save_video_input_errors(M, env):
     node = M["EchoFlowSaveVideo"]()
     frames = torch.rand(10, 112, 112, 3)
+    info = {"frames_per_video": 4, "videos": 2, "run": {}, "items": [{}, {}]}
     with pytest.raises(ValueError, match="do not split into videos of 4"):
-        node.save(frames, "x", 8.0, "mp4", 4)
+        node.save(frames, "x", 8.0, "mp4", info)
+    with pytest.raises(ValueError, match="video_info describes 2"):
+        node.save(frames, "x", 8.0, "mp4", dict(info, frames_per_video=2))
+    with pytest.raises(ValueError, match="video_info: connect"):
+        node.save(frames, "x", 8.0, "mp4", 5)
     with pytest.raises(ValueError, match="outside the output folder"):
-        node.save(frames, "../escape", 8.0, "mp4", 0)
+        node.save(frames, "../escape", 8.0, "mp4")
     with pytest.raises(ValueError, match="format"):
-        node.save(frames, "x", 8.0, "gif", 0)
+        node.save(frames, "x", 8.0, "gif")
 
 
 def test_save_echonet_dataset_is_resume_safe(M, models, env):
     from echoflow_models.echonet import read_filelist
 
-    images, per = _video_images(M, models)
+    images, info = _video_images(M, models)
     node = M["EchoFlowSaveEchoNetDataset"]()
-    report = json.dumps({"view": "A4C", "items": [{"max_similarity": 0.5, "passed": True},
-                                                  {"max_similarity": 0.25, "passed": True}]})
-    shown, total = node.save(images, per, 42.5, "echoflow/ds", "TRAIN", 32.0, "synth", report)["result"]
+    info["items"][0]["ef"], info["items"][1]["max_similarity"] = 42.5, 0.25
+    shown, total = node.save(images, 60.0, "echoflow/ds", "TRAIN", 32.0, "synth", info)["result"]
     assert total == 2 and shown == "echoflow/ds"  # relative to the output folder: no absolute path
     root = env / shown
     rows = read_filelist(root)
@@ -439,17 +450,17 @@ def test_save_echonet_dataset_is_resume_safe(M, models, env):
     assert rows[0].ef == 42.5 and rows[0].number_of_frames == 8 and rows[0].split == "TRAIN"
     assert rows[1].extra["MaxSimilarity"] == "0.250000" and rows[0].extra["View"] == "A4C"
     before = (Path(root) / "Videos" / "synth_00001.avi").read_bytes()
-    _, total = node.save(images[:8], 0, 60.0, "echoflow/ds", "VAL", 32.0, "synth")["result"]
+    _, total = node.save(images[:8], 60.0, "echoflow/ds", "VAL", 32.0, "synth")["result"]
     assert total == 3
     rows = read_filelist(root)
     assert rows[2].file_name == "synth_00003" and rows[2].split == "VAL" and rows[2].ef == 60.0
     assert (Path(root) / "Videos" / "synth_00001.avi").read_bytes() == before
     for bad in ("a/b", "../evil", ".hidden", "a b"):
         with pytest.raises(ValueError, match="name_prefix"):
-            node.save(images[:8], 0, 60.0, "echoflow/ds", "VAL", 32.0, bad)
+            node.save(images[:8], 60.0, "echoflow/ds", "VAL", 32.0, bad)
     assert len(read_filelist(root)) == 3
     with pytest.raises(ValueError, match="outside"):
-        node.save(images[:8], 0, 60.0, "/etc", "VAL", 32.0, "x")
+        node.save(images[:8], 60.0, "/etc", "VAL", 32.0, "x")
 
 
 class TinyEF(torch.nn.Module):
@@ -467,14 +478,15 @@ class TinyEF(torch.nn.Module):
 def test_estimate_ef_with_a_regressor_module(M, bridge):
     ef_model = bridge.ManagedModel(TinyEF(), torch.float32, "ef", "tiny")
     frames = torch.cat([torch.full((4, 16, 16, 3), 0.5), torch.full((4, 16, 16, 3), 1.0)])
-    r = M["EchoFlowEstimateEF"]().estimate(ef_model, frames, 4, target_ef=55.0)
+    info = {"frames_per_video": 4, "videos": 2, "run": {}, "items": [{"ef": 55.0}, {"ef": 55.0}]}
+    r = M["EchoFlowEstimateEF"]().estimate(ef_model, frames, info)
     mean, report = r["result"]
     values = r["ui"]["echoflow_ef"]
     assert values == pytest.approx([50.0, 70.0], abs=0.5)
     assert mean == pytest.approx(sum(values) / 2)
     assert f"error {abs(values[1] - 55.0):.1f}" in report and "normal" in report
     with pytest.raises(ValueError, match="Load EF Regressor"):
-        M["EchoFlowEstimateEF"]().estimate(None, frames, 4)
+        M["EchoFlowEstimateEF"]().estimate(None, frames, info)
 
 
 def test_ef_regressor_loads_from_a_model_root(M, env, tmp_path, monkeypatch, tiny_root):
@@ -487,7 +499,10 @@ def test_ef_regressor_loads_from_a_model_root(M, env, tmp_path, monkeypatch, tin
     assert "ef/small" in M["EchoFlowLoadEFRegressor"].INPUT_TYPES()["required"]["model_name"][0]
     (ef_model,) = M["EchoFlowLoadEFRegressor"]().load("ef/small", "auto")
     assert ef_model.dtype == torch.float32
-    mean, report = M["EchoFlowEstimateEF"]().estimate(ef_model, torch.rand(12, 32, 32, 3), 6)["result"]
+    info = {"frames_per_video": 6, "videos": 2, "run": {}, "items": [{"ef": 30.0}, {"ef": 70.0}]}
+    r = M["EchoFlowEstimateEF"]().estimate(ef_model, torch.rand(12, 32, 32, 3), info)
+    mean, report = r["result"]
+    assert "target 30.0%" in report and "target 70.0%" in report and "echoflow_ef_target" not in r["ui"]
     assert report.count("video ") == 2 and 0 < mean < 100
 
 
