@@ -136,7 +136,7 @@ class Case:
 QUICK_ROUNDS = 5
 CPU_ROUNDS = {"lifm": 5, "reid": 7, "lvfm": 3, "vae": 3}  # the full CPU run: LVFM/VAE rounds take minutes
 QUICK_LVFM_FRAMES = 16  # --quick on a CPU: a 64-frame STDiT-S/2 step is ~9 s per path and round
-QUICK_VAE_FRAMES = 4  # --quick on a CPU: frames decoded (the 64-frame time is extrapolated per frame)
+QUICK_VAE_FRAMES = 2  # --quick on a CPU: frames decoded (the 64-frame time is extrapolated per frame)
 
 
 def plan(settings: BenchSettings) -> list[Case]:
