@@ -713,12 +713,12 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp1
 
 def cpuinfo() -> dict:
     """The CPU as /proc/cpuinfo describes it: model, vendor, physical cores and the flags of CPU_FLAGS that
-    it has (Linux; elsewhere the model from `platform` and no flags)."""
-    info = {"cpu": platform.processor() or "unknown", "vendor": None, "physical_cores": None, "cpu_flags": []}
+    it has (Linux; elsewhere the model from `platform` and cpu_flags None: unknown)."""
+    info = {"cpu": platform.processor() or "unknown", "vendor": None, "physical_cores": None, "cpu_flags": None}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return info
+        return info  # flags unknown (None), not absent ([])
     cores, flags, model = set(), set(), None
     physical = core = None
     for line in text.splitlines() + [""]:
@@ -788,8 +788,12 @@ def machine_line(env: dict, ver: dict | None = None) -> str:
     """One line naming the machine, for the log and under the table."""
     build = env.get("torch_build", {})
     cores = env.get("physical_cores")
-    flags = ", ".join(env.get("cpu_flags") or []) or "none of " + "/".join(CPU_FLAGS[:4])
-    amx = "AMX" if any(f.startswith("amx") for f in env.get("cpu_flags") or []) else "no AMX"
+    known = env.get("cpu_flags")
+    if known is None:
+        flags, amx = "unknown", "AMX unknown"
+    else:
+        flags = ", ".join(known) or "none of " + ", ".join(CPU_FLAGS)
+        amx = "AMX" if any(f.startswith("amx") for f in known) else "no AMX"
     parts = [f"CPU: {env.get('cpu')} ({env.get('vendor') or 'vendor unknown'}), "
              f"{cores if cores else '?'} physical cores / {env.get('cpu_count')} logical, {amx}; flags: {flags}",
              f"torch {build.get('torch', torch.__version__)} ({'CUDA ' + build['cuda'] if build.get('cuda') else 'CPU build'}"

@@ -172,10 +172,11 @@ def test_rounds_alternate_and_the_speedup_is_the_median_of_round_ratios():
 def test_the_machine_is_described(monkeypatch):
     env = bench.environment(BenchSettings())
     assert env["threads"] == torch.get_num_threads() and env["torch_build"]["torch"] == torch.__version__
-    assert set(env["cpu_flags"]) <= set(bench.CPU_FLAGS)
+    assert env["cpu_flags"] is None or set(env["cpu_flags"]) <= set(bench.CPU_FLAGS)
     line = bench.machine_line(env, bench.versions())
     assert f"torch {torch.__version__}" in line and f"{torch.get_num_threads()} intra-op threads" in line
-    assert ("no AMX" in line) == (not any(f.startswith("amx") for f in env["cpu_flags"]))
+    assert ("no AMX" in line) == (env["cpu_flags"] is not None and not any(f.startswith("amx") for f in env["cpu_flags"]))
+    assert "flags: unknown" in bench.machine_line({**env, "cpu_flags": None})
     fake = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon Test\nphysical id\t: 0\n"
             "core id\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
             "processor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon Test\nphysical id\t: 0\n"
