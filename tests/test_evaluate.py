@@ -285,3 +285,18 @@ def test_flicker_ef_coupling_reads_how_flicker_follows_the_labels(tmp_path):
     assert steady["flicker_mean"] == pytest.approx(4.0, abs=0.05) and math.isnan(steady["pearson_r_ef"])
     assert math.isnan(steady["slope_per_10_ef"])  # no spread in the flicker: no slope either
     assert math.isnan(flicker_ef_coupling(coupled, split="TEST")["pearson_r_ef"])  # no TEST videos
+
+
+def test_training_patients_of_one_view_are_those_of_all_views_filtered(tmp_path):
+    """Rendering only the asked view (the privacy evaluation's shortcut) gives the same patients, in order."""
+    from echoflow_models.evaluate import training_patients
+
+    recipe = {"num_patients": 4, "seed": 4, "views": ["A4C", "PSAX", "PLAX"], "split_fractions": [0.5, 0.5, 0.0]}
+    (tmp_path / "training_data.json").write_text(json.dumps(recipe))
+    every = training_patients(tmp_path)
+    assert len(every) == 2 * 3  # 2 TRAIN patients x 3 views; the VAL half is not in the bank
+    for view in ("A4C", "PSAX", "PLAX"):
+        assert training_patients(tmp_path, view) == [p for p in every if p.view == view]
+    assert training_patients(tmp_path, "A2C") == []
+    with pytest.raises(FileNotFoundError, match="training_data.json"):
+        training_patients(tmp_path / "nowhere", "A4C")
