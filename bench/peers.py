@@ -6,7 +6,8 @@
 * A-VAE: diffusers' `AutoencoderKL` (the class the released A-VAE folders name), decoding all frames of a
   video in one call as the reference demo does.
 * LVFM: the textbook STDiT of `reference_stdit.py` (diffusers has no STDiT).
-* ReID: the predecessor's way, one image at a time, Pearson correlation against every bank row.
+* ReID: plain PyTorch as a user would write it: the bank centred and normalised once, the whole batch
+  embedded in one call, Pearson correlation as one matrix product.
 
 diffusers is a bench-only dependency (`pip install -e ".[bench]"`); this module is loaded by path from
 `echoflow_models.bench` and is never imported by the runtime package.
@@ -139,21 +140,25 @@ def vae_decode_frames(peer: torch.nn.Module, latents: torch.Tensor, mean: torch.
 
 
 # ----------------------------------------------------------------------------------------------------
-# ReID: one image at a time (the predecessor's loop)
+# ReID: batched, plain PyTorch
 # ----------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def reid_per_image(reid: torch.nn.Module, bank: torch.Tensor, latents: torch.Tensor):
-    """Embed one latent at a time and correlate it with every bank row (Pearson, the bank centred and
-    normalised again for each image, as a per-sample loop does) -> (max similarity [B], nearest index [B])."""
-    best, index = [], []
-    for z in latents:
-        emb = torch.sigmoid(reid(z[None]).float())[0]
+class BatchedReID:
+    """Pearson similarity of a batch of latents to every bank row, written the direct way: the bank rows
+    centred and scaled to unit norm once (when the bank is loaded), then per call one forward of the
+    whole batch, sigmoid, centre and normalise the embeddings, one matrix product and a max over rows."""
+
+    def __init__(self, reid: torch.nn.Module, bank: torch.Tensor):
+        self.reid = reid
         rows = bank.float() - bank.float().mean(dim=1, keepdim=True)
-        e = emb - emb.mean()
-        corr = (rows @ e) / (rows.norm(dim=1) * e.norm())
-        value, idx = corr.max(dim=0)
-        best.append(value)
-        index.append(idx)
-    return torch.stack(best).cpu(), torch.stack(index).cpu()
+        self.rows = rows / rows.norm(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents [B, C, h, w] -> (max similarity [B], nearest bank index [B]), on the CPU."""
+        emb = torch.sigmoid(self.reid(latents).float())
+        emb = emb - emb.mean(dim=1, keepdim=True)
+        emb = emb / emb.norm(dim=1, keepdim=True)
+        best, index = (emb @ self.rows.T).max(dim=1)
+        return best.cpu(), index.cpu()

@@ -1,6 +1,6 @@
 """`echoflow bench`: time every EchoFlow stage at released-like sizes, side by side with the peer code.
 
-    echoflow bench --device cpu --quick                       # < 3 minutes on 2 cores
+    echoflow bench --quick --threads 1                        # about 2 minutes on 2 cores
     echoflow bench --device cuda --dtype fp32,bf16,fp16 --json bench.json
     echoflow bench --stages lifm,vae --no-peer
 
@@ -9,19 +9,26 @@ Stages (the sizes of the release family; weights are random but identical in bot
 * lifm: DiT-S/2 and DiT-B/2 latent image flow, 50 Euler steps, batch 1 and 16, through
   `EchoFlowPipeline.sample_images`; peer: diffusers `DiTTransformer2DModel` (same state dict, in_channels 5)
   in a per-step Python Euler loop.
-* reid: the privacy gate (`PrivacyGate.check`) for 64 latents against a 10,000-row bank; peer: the
-  predecessor's per-image loop (embed one latent, correlate it with the bank).
-* lvfm: STDiT-S/2 and STDiT-B/2 with 64 frames, 50 steps, batch 1 and 4, guidance off (1) and on, through
-  `EchoFlowPipeline.animate`; peer: the textbook STDiT of `bench/reference_stdit.py` (eager attention,
-  two forwards per guided step).
+* reid: the privacy gate (`PrivacyGate.check`) for 64 latents against a 10,000-row bank; peer: the same
+  computation as a user would write it in plain PyTorch (embed the whole batch in one call, the bank
+  centred and normalised once, one matrix product).
+* lvfm: STDiT-S/2 and STDiT-B/2 with 64 frames (16 in --quick on a CPU), 50 steps, batch 1 and 4,
+  guidance off (1) and on, through `EchoFlowPipeline.animate`; peer: the textbook STDiT of
+  `bench/reference_stdit.py` (eager attention, two forwards per guided step).
 * vae: decoding a 64-frame video with the avae-4f4 and avae-16f8 shapes through `EchoFlowPipeline.decode`;
   peer: diffusers `AutoencoderKL.decode` on all frames at once.
 
-Sampling is timed per step: a run stops after a few steps of the 50-step grid and the 50-step cost is
-extrapolated from the median step (the output says "measured N steps, per-step x s, 50-step estimate
-y s"). Before any time is reported, the two paths' outputs for the same weights, noise and grid are
-compared; a stage whose outputs differ beyond its tolerance reports no time. The peer code is loaded from
-the repository's `bench/` folder (diffusers from the `bench` extra); it is never imported at run time.
+How a case is timed: both paths are warmed up first (untimed steps or calls: first-call allocations,
+lazily built caches), then `rounds` rounds each time both paths back to back, ours first in even rounds and
+the peer first in odd ones. A round's time for a path is the median of its timed steps (sampling) or calls;
+the reported speed-up is the median over rounds of the round's peer / ours ratio, with the min-max of
+those ratios, so one disturbed round on a shared machine moves neither. Sampling stops after a few steps
+of the 50-step grid and the 50-step cost is extrapolated from the per-step time. Before any time is
+reported, the two paths' outputs for the same weights, noise and grid are compared; a stage whose outputs
+differ beyond its tolerance reports no time. The machine (CPU model, vendor, physical cores, AVX-512 /
+AMX flags, torch build and threads) is printed with the results. The peer code is loaded from the
+repository's `bench/` folder (diffusers from the `bench` extra); it is never imported at run time, and
+a peer that cannot run is named as skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -98,8 +106,8 @@ class BenchSettings:
     steps: int = 50  # the sampling grid whose cost is estimated
     measure_steps: int | None = None  # timed steps per sampling run (default: per mode and size)
     warmup_steps: int | None = None
-    repeats: int | None = None
-    frames: int = 64
+    rounds: int | None = None  # alternating ours/peer rounds per case (default: per mode)
+    frames: int | None = None  # frames per LVFM video (default: 64; 16 in --quick on a CPU)
     guidance: float = 2.0  # the scale used for "guidance on"
     vae_chunk: int = 16  # frames per VAE decode call in this project's path
     bank_rows: int = 10_000
@@ -119,13 +127,21 @@ class Case:
     guidance: float | None = None
     frames: int | None = None  # LVFM frames / VAE frames in the video
     decode_frames: int | None = None  # VAE frames actually decoded (quick mode decodes fewer)
-    warmup: int = 0
-    measure: int = 1
-    repeats: int = 1
+    warmup: int = 1  # untimed steps (sampling) or calls before the first round, per path
+    measure: int = 1  # timed steps (sampling) or calls per path and round
+    rounds: int = 5  # rounds; each times both paths, the order alternating (ours first in even rounds)
+
+
+# Rounds per case: every round times both paths back to back, so each round gives one peer/ours ratio.
+QUICK_ROUNDS = 5
+CPU_ROUNDS = {"lifm": 5, "reid": 7, "lvfm": 3, "vae": 3}  # the full CPU run: LVFM/VAE rounds take minutes
+QUICK_LVFM_FRAMES = 16  # --quick on a CPU: a 64-frame STDiT-S/2 step is ~9 s per path and round
+QUICK_VAE_FRAMES = 2  # --quick on a CPU: frames decoded (the 64-frame time is extrapolated per frame)
 
 
 def plan(settings: BenchSettings) -> list[Case]:
-    """The cases of one run, in the order they run."""
+    """The cases of one run, in the order they run. Every case warms both paths up, then times `rounds`
+    rounds of `measure` steps (or calls) per path, alternating which path goes first."""
     cuda = settings.device.startswith("cuda")
     tiny, quick = settings.tiny, settings.quick
     cases: list[Case] = []
@@ -138,52 +154,60 @@ def plan(settings: BenchSettings) -> list[Case]:
             settings.batches or default
         )
 
+    def rounds(stage: str) -> int:
+        if tiny:
+            return 2
+        if quick or cuda:
+            return QUICK_ROUNDS
+        return CPU_ROUNDS[stage]
+
     for dtype in settings.dtypes:
         if "lifm" in settings.stages:
             models = ["DiT-tiny"] if tiny else ["DiT-S/2"] if quick else ["DiT-S/2", "DiT-B/2"]
             for model in filter(want, models):
                 for b in batches([1, 2] if tiny else [1, 16]):
                     if cuda:
-                        w, m, r = 3, 10, 3
+                        w, m = 3, 10
                     elif tiny:
-                        w, m, r = 1, 2, 1
-                    elif quick:
-                        w, m, r = 1, (3 if b == 1 else 1), 1
+                        w, m = 1, 1
                     else:
-                        w, m, r = 1, (5 if b == 1 else 2), 2
-                    cases.append(Case("lifm", model, b, dtype, warmup=w, measure=m, repeats=r))
+                        w, m = (2, 3) if b == 1 else (1, 1)
+                    cases.append(Case("lifm", model, b, dtype, warmup=w, measure=m, rounds=rounds("lifm")))
         if "reid" in settings.stages:
             cases.append(Case("reid", "ResNet18-4to128", 8 if tiny else settings.reid_batch, dtype,
-                              warmup=1, measure=3 if (quick or tiny) else (10 if cuda else 5)))
+                              warmup=1, measure=1 if tiny else 3, rounds=rounds("reid")))
         if "lvfm" in settings.stages:
             models = ["STDiT-tiny"] if tiny else ["STDiT-S/2"] if quick else ["STDiT-S/2", "STDiT-B/2"]
-            frames = 8 if tiny else settings.frames
+            if tiny:
+                frames = 8
+            elif settings.frames is not None:
+                frames = settings.frames
+            else:
+                frames = QUICK_LVFM_FRAMES if quick and not cuda else 64
             guidances = [1.0] if quick and not tiny else [1.0, settings.guidance]
             for model in filter(want, models):
                 for b in batches([1, 2] if tiny else [1] if quick else [1, 4]):
                     for g in guidances:
-                        if cuda:
-                            w, m, r = 2, 5, 1
-                        elif tiny:
-                            w, m, r = 1, 1, 1
-                        else:  # one STDiT-S/2 64-frame forward is seconds on a CPU: time single steps
-                            w, m, r = 0, (2 if model == "STDiT-S/2" and not quick else 1), 1
+                        w, m = (2, 5) if cuda else (1, 1)  # one CPU step of a 64-frame video takes seconds
                         cases.append(Case("lvfm", model, b, dtype, guidance=g, frames=frames,
-                                          warmup=w, measure=m, repeats=r))
+                                          warmup=w, measure=m, rounds=rounds("lvfm")))
         if "vae" in settings.stages:
             models = ["avae-tiny"] if tiny else ["avae-4f4"] if quick else ["avae-4f4", "avae-16f8"]
-            frames = 8 if tiny else settings.frames
-            decode = frames if (cuda or not quick) else min(frames, 16)
+            frames = 8 if tiny else settings.frames or 64
+            decode = frames if (cuda or not quick) else min(frames, QUICK_VAE_FRAMES)
             for model in filter(want, models):
                 cases.append(Case("vae", model, 1, dtype, frames=frames, decode_frames=decode,
-                                  warmup=1 if cuda else 0, measure=1, repeats=3 if cuda else 1))
+                                  warmup=1, measure=1, rounds=rounds("vae")))
     for case in cases:
         if settings.measure_steps is not None and case.stage in ("lifm", "lvfm"):
             case.measure = settings.measure_steps
         if settings.warmup_steps is not None and case.stage in ("lifm", "lvfm"):
             case.warmup = settings.warmup_steps
-        if settings.repeats is not None:
-            case.repeats = settings.repeats
+        if settings.rounds is not None:
+            case.rounds = settings.rounds
+        if case.rounds < 1 or case.measure < 1 or case.warmup < 0:
+            raise ValueError(f"{case.stage}: rounds and measured steps must be >= 1 and warm-up >= 0, got "
+                             f"rounds={case.rounds}, measure={case.measure}, warmup={case.warmup}")
     return cases
 
 
@@ -412,15 +436,19 @@ def _maybe_compile(model: torch.nn.Module, settings: BenchSettings) -> torch.nn.
     return torch.compile(model, mode=mode, dynamic=False)
 
 
-def _impl_record(measured: list[float], case: Case, memory: dict, unit: str, per_item: float,
-                 total_steps: int) -> dict:
-    """measured: the timed intervals (steps for sampling, whole calls otherwise), warm-up excluded."""
-    per = _median(measured)
+def _impl_record(rounds: list[float], samples: list[float], case: Case, memory: dict, unit: str,
+                 per_item: float, total_steps: int) -> dict:
+    """rounds: one value per round (the median of that round's timed steps or calls); samples: every timed
+    interval, warm-up excluded. The path's time is the median over rounds."""
+    per = _median(rounds)
     record = {
-        "measured": len(measured),
-        "samples_s": [round(x, 6) for x in measured],
+        "measured": len(samples),
+        "rounds": len(rounds),
+        "rounds_s": [round(x, 6) for x in rounds],
+        "samples_s": [round(x, 6) for x in samples],
         "median_s": per,
-        "min_s": min(measured) if measured else None,
+        "min_s": min(samples) if samples else None,
+        "max_s": max(samples) if samples else None,
         "memory": memory,
     }
     if case.stage in ("lifm", "lvfm"):
@@ -429,9 +457,41 @@ def _impl_record(measured: list[float], case: Case, memory: dict, unit: str, per
         record["estimate_s"] = per * total_steps if per is not None else None
         record["throughput"] = per_item / record["estimate_s"] if per else None
     else:
+        record["warmup_calls"] = case.warmup
         record["throughput"] = per_item / per if per else None
     record["throughput_unit"] = unit
     return record
+
+
+def round_order(impls: list, round_index: int) -> list:
+    """Ours first in even rounds, the peer first in odd ones: neither path always runs on a cache or a
+    frequency state the other left behind."""
+    return list(impls) if round_index % 2 == 0 else list(reversed(impls))
+
+
+def _run_rounds(ctx: Context, case: Case, impls: list, run_once: Callable) -> tuple[dict, dict, dict, dict]:
+    """Warm every path up (untimed, `case.warmup` steps or calls), then `case.rounds` rounds that time each
+    path once, alternating the order. run_once(fn, n) -> (n intervals [s], output).
+    -> (per-round values, all samples, memory of each path's first run, each path's first timed output)."""
+    per_round: dict[str, list[float]] = {name: [] for name, _ in impls}
+    samples: dict[str, list[float]] = {name: [] for name, _ in impls}
+    memory: dict[str, dict] = {}
+    outputs: dict = {}
+    with torch.inference_mode():
+        if case.warmup:
+            for name, fn in impls:
+                with PeakMemory(ctx.device) as mem:
+                    run_once(fn, case.warmup)
+                memory[name] = mem.result()  # the first run: what a user's first call allocates
+        for r in range(case.rounds):
+            for name, fn in round_order(impls, r):
+                with PeakMemory(ctx.device) as mem:
+                    intervals, output = run_once(fn, case.measure)
+                memory.setdefault(name, mem.result())
+                outputs.setdefault(name, output)
+                samples[name].extend(intervals)
+                per_round[name].append(statistics.median(intervals))
+    return per_round, samples, memory, outputs
 
 
 def run_lifm(ctx: Context, case: Case) -> dict:
@@ -514,29 +574,39 @@ def run_lvfm(ctx: Context, case: Case) -> dict:
 
 
 def _run_sampling_pair(ctx: Context, case: Case, out: dict, ours, peer_fn, unit: str) -> dict:
-    stop = case.warmup + case.measure
-    samples: dict[str, list[float]] = {"ours": [], "peer": []}
-    memory: dict[str, dict] = {}
-    finals: dict[str, torch.Tensor] = {}
     impls = [("ours", ours)] + ([("peer", peer_fn)] if peer_fn is not None else [])
-    with torch.inference_mode():
-        for rep in range(case.repeats):
-            for name, fn in impls:  # interleaved, so slow drifts of a shared machine hit both paths
-                with PeakMemory(ctx.device) as mem:
-                    intervals, z = timed_sampling(fn, ctx.clock, stop)
-                samples[name].extend(intervals[case.warmup:stop])
-                if rep == 0:
-                    memory[name] = mem.result()
-                    finals[name] = z
+
+    def run_once(fn, steps):
+        intervals, z = timed_sampling(fn, ctx.clock, steps)
+        return intervals[:steps], z
+
+    per_round, samples, memory, finals = _run_rounds(ctx, case, impls, run_once)
     for name, _ in impls:
-        out["impl"][name] = _impl_record(samples[name], case, memory[name], unit, case.batch, ctx.settings.steps)
-        out["impl"][name]["checked_steps"] = stop
+        out["impl"][name] = _impl_record(per_round[name], samples[name], case, memory[name], unit, case.batch,
+                                         ctx.settings.steps)
+        out["impl"][name]["checked_steps"] = case.measure
     if "peer" in finals:
         diff, rel = _rel_diff(finals["ours"], finals["peer"])
         tol = TOLERANCE[case.dtype]
-        out["check"] = {"what": f"latents after {stop} steps of the {ctx.settings.steps}-step grid",
+        out["check"] = {"what": f"latents after {case.measure} steps of the {ctx.settings.steps}-step grid",
                         "max_abs_diff": diff, "rel_diff": rel, "tolerance": tol, "passed": rel <= tol}
     return out
+
+
+def _timed_calls(ctx: Context, scale: float = 1.0) -> Callable:
+    """run_once for whole calls: n calls, each timed (x scale), the first call's output kept."""
+
+    def run_once(fn, n):
+        times, first = [], None
+        for i in range(n):
+            t0 = ctx.clock.mark()
+            result = fn()  # ends with a device->host copy: a synchronising step
+            times.append(ctx.clock.intervals([t0, ctx.clock.mark()])[0] * scale)
+            if i == 0:
+                first = result
+        return times, first
+
+    return run_once
 
 
 def run_reid(ctx: Context, case: Case) -> dict:
@@ -560,23 +630,15 @@ def run_reid(ctx: Context, case: Case) -> dict:
 
     impls = [("ours", ours)]
     if ctx.peer_problem is None:
-        peer_bank = bank.to(dev)
-        impls.append(("peer", lambda: ctx.peers.reid_per_image(reid, peer_bank, latents)))
+        peer = ctx.peers.BatchedReID(reid, bank.to(dev))  # the bank prepared once, as the gate does
+        impls.append(("peer", lambda: peer(latents)))
     else:
         out["peer_skipped"] = ctx.peer_problem
-    results = {}
-    with torch.inference_mode():
-        for name, fn in impls:
-            for _ in range(case.warmup):
-                fn()
-            with PeakMemory(dev) as mem:
-                times = []
-                for _ in range(case.measure):
-                    t0 = ctx.clock.mark()
-                    results[name] = fn()  # ends with a device->host copy: a synchronising step
-                    times.extend(ctx.clock.intervals([t0, ctx.clock.mark()]))
-            out["impl"][name] = _impl_record(times, case, mem.result(), "images/s", case.batch, 1)
-            out["impl"][name]["per_image_s"] = out["impl"][name]["median_s"] / case.batch
+    per_round, samples, memory, results = _run_rounds(ctx, case, impls, _timed_calls(ctx))
+    for name, _ in impls:
+        out["impl"][name] = _impl_record(per_round[name], samples[name], case, memory[name], "images/s",
+                                         case.batch, 1)
+        out["impl"][name]["per_image_s"] = out["impl"][name]["median_s"] / case.batch
     if "peer" in results:
         (sim_o, idx_o), (sim_p, idx_p) = results["ours"], results["peer"]
         diff = (sim_o - sim_p.float()).abs().max().item()
@@ -620,19 +682,10 @@ def run_vae(ctx: Context, case: Case) -> dict:
         impls.append(("peer", lambda: ctx.peers.vae_decode_frames(peer_vae, flat, mean, std).cpu()))
     else:
         out["peer_skipped"] = problem
-    results = {}
-    with torch.inference_mode():
-        for rep in range(case.warmup + case.repeats):
-            for name, fn in impls:
-                with PeakMemory(dev) as mem:
-                    t0 = ctx.clock.mark()
-                    results[name] = fn()
-                    elapsed = ctx.clock.intervals([t0, ctx.clock.mark()])[0]
-                if rep >= case.warmup:
-                    out["impl"].setdefault(name, {"times": [], "memory": mem.result()})["times"].append(elapsed)
-    for name in list(out["impl"]):
-        times = [t * case.frames / n for t in out["impl"][name]["times"]]
-        record = _impl_record(times, case, out["impl"][name]["memory"], "frames/s", case.frames, 1)
+    # every time is scaled to the whole video: frames decoded -> case.frames
+    per_round, samples, memory, results = _run_rounds(ctx, case, impls, _timed_calls(ctx, case.frames / n))
+    for name, _ in impls:
+        record = _impl_record(per_round[name], samples[name], case, memory[name], "frames/s", case.frames, 1)
         record["per_frame_s"] = record["median_s"] / case.frames
         out["impl"][name] = record
     if "peer" in results:
@@ -653,13 +706,71 @@ RUNNERS = {"lifm": run_lifm, "reid": run_reid, "lvfm": run_lvfm, "vae": run_vae}
 # ----------------------------------------------------------------------------------------------------
 
 
+# CPU features that decide which kernels oneDNN / MKL pick for float32, bf16 and int8
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8")
+
+
+def cpuinfo() -> dict:
+    """The CPU as /proc/cpuinfo describes it: model, vendor, physical cores and the flags of CPU_FLAGS that
+    it has (Linux; elsewhere the model from `platform` and cpu_flags None: unknown)."""
+    info = {"cpu": platform.processor() or "unknown", "vendor": None, "physical_cores": None, "cpu_flags": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info  # flags unknown (None), not absent ([])
+    cores, flags, model = set(), set(), None
+    physical = core = None
+    for line in text.splitlines() + [""]:
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and model is None:
+            model = value
+        elif key == "vendor_id":
+            info["vendor"] = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core = value
+        elif not key:  # end of one logical CPU's block
+            if core is not None:
+                cores.add((physical, core))
+            physical = core = None
+    info["cpu"] = model or info["cpu"]
+    info["physical_cores"] = len(cores) or None
+    info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
+    return info
+
+
+def torch_build() -> dict:
+    """How this torch was built and what it will use on this CPU."""
+    out = {"torch": torch.__version__, "cuda": torch.version.cuda, "debug": torch.version.debug,
+           "cpu_capability": None, "mkl": torch.backends.mkl.is_available(),
+           "mkldnn": torch.backends.mkldnn.is_available(), "openmp": torch.backends.openmp.is_available(),
+           "onednn": None}
+    try:
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # torch < 2.1
+        pass
+    for line in torch.__config__.show().splitlines():
+        found = re.search(r"(?:oneDNN|MKL-DNN) v?(\d+(?:\.\d+)+)", line)
+        if found:
+            out["onednn"] = found.group(1)
+            break
+    return out
+
+
 def environment(settings: BenchSettings) -> dict:
     device = torch.device(settings.device)
     info = {
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),
-        "cpu": _cpu_name(),
+        **cpuinfo(),
+        "torch_build": torch_build(),
         "platform": platform.platform(),
     }
     if device.type == "cuda":
@@ -673,14 +784,26 @@ def environment(settings: BenchSettings) -> dict:
     return info
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def machine_line(env: dict, ver: dict | None = None) -> str:
+    """One line naming the machine, for the log and under the table."""
+    build = env.get("torch_build", {})
+    cores = env.get("physical_cores")
+    known = env.get("cpu_flags")
+    if known is None:
+        flags, amx = "unknown", "AMX unknown"
+    else:
+        flags = ", ".join(known) or "none of " + ", ".join(CPU_FLAGS)
+        amx = "AMX" if any(f.startswith("amx") for f in known) else "no AMX"
+    parts = [f"CPU: {env.get('cpu')} ({env.get('vendor') or 'vendor unknown'}), "
+             f"{cores if cores else '?'} physical cores / {env.get('cpu_count')} logical, {amx}; flags: {flags}",
+             f"torch {build.get('torch', torch.__version__)} ({'CUDA ' + build['cuda'] if build.get('cuda') else 'CPU build'}"
+             f", capability {build.get('cpu_capability')}, oneDNN {build.get('onednn') or '?'}, "
+             f"MKL {'yes' if build.get('mkl') else 'no'}), {env.get('threads')} intra-op threads"]
+    if env.get("gpu"):
+        parts.insert(0, f"GPU: {env['gpu']}")
+    if ver is not None:
+        parts.append(f"diffusers {ver.get('diffusers') or 'absent'}")
+    return "; ".join(parts)
 
 
 def versions() -> dict:
@@ -710,6 +833,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     ctx = Context(settings)
     started = time.perf_counter()
     env = environment(settings)
+    log(f"[bench] {machine_line(env, versions())}")
+    if ctx.peer_problem:
+        log(f"[bench] every peer skipped: {ctx.peer_problem}")
+    elif ctx.diffusers_problem():
+        log(f"[bench] diffusers peers (LIFM, VAE) skipped: {ctx.diffusers_problem()}")
     results = []
     for case in plan(settings):
         label = describe(case)
@@ -745,8 +873,16 @@ def describe(case: Case) -> str:
     return ", ".join(parts)
 
 
+def ratio_spread(ratios: list[float]) -> dict:
+    """Per-round peer/ours ratios -> their median, min, max and quartiles (inclusive method)."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "q1": q1, "q3": q3,
+            "rounds": len(ratios), "ratios": [round(x, 4) for x in ratios]}
+
+
 def finish(record: dict, settings: BenchSettings) -> None:
-    """Speed-up (peer / ours) only when the outputs were checked equal; no time at all otherwise."""
+    """Speed-up only when the outputs were checked equal; no time at all otherwise. The speed-up is the
+    median over rounds of the round's peer time / ours (both timed back to back), with its spread."""
     check = record.get("check")
     impl = record["impl"]
     record["total_steps"] = settings.steps
@@ -756,12 +892,23 @@ def finish(record: dict, settings: BenchSettings) -> None:
         record["speedup"] = None
         record["status"] = "MISMATCH: outputs differ beyond tolerance, times withheld"
         return
-    if "peer" in impl and impl["ours"]["median_s"] and impl["peer"]["median_s"]:
-        record["speedup"] = impl["peer"]["median_s"] / impl["ours"]["median_s"]
+    if "peer" in impl and impl["ours"]["rounds_s"] and all(impl["ours"]["rounds_s"]):
+        ratios = [p / o for o, p in zip(impl["ours"]["rounds_s"], impl["peer"]["rounds_s"], strict=True)]
+        spread = ratio_spread(ratios)
+        record["speedup"] = spread["median"]
+        record["speedup_spread"] = spread
         record["status"] = "ok"
     else:
         record["speedup"] = None
         record["status"] = "ok (no peer: " + record.get("peer_skipped", "none") + ")"
+
+
+def _fmt_speedup(record: dict, bold: bool = False) -> str:
+    if not record.get("speedup"):
+        return "-"
+    sp = record["speedup_spread"]
+    head = f"x{sp['median']:.2f}"
+    return f"{'**' + head + '**' if bold else head} ({sp['min']:.2f}-{sp['max']:.2f}, {sp['rounds']} rounds)"
 
 
 def _fmt_s(x: float | None) -> str:
@@ -796,7 +943,7 @@ def summary_line(record: dict) -> str:
         else:
             parts.append(f"{name}: {_fmt_s(r['median_s'])} per batch ({_fmt_s(r['per_image_s'])}/image)")
     if record.get("speedup"):
-        parts.append(f"speed-up x{record['speedup']:.2f}")
+        parts.append(f"speed-up {_fmt_speedup(record)}")
     if "check" in record:
         parts.append(f"check rel diff {record['check']['rel_diff']:.1e}")
     elif "peer_skipped" in record:
@@ -840,7 +987,7 @@ def table(report: dict) -> str:
         check_cell = "-" if check is None else ("ok" if check["passed"] else "MISMATCH")
         if check is not None:
             check_cell += f" ({check['rel_diff']:.0e})"
-        speed = f"x{r['speedup']:.2f}" if r.get("speedup") else "-"
+        speed = _fmt_speedup(r)
         mem = impl["ours"]["memory"]
         mem_cell = _fmt_bytes(mem["peak_bytes"]) if mem["kind"].startswith("cuda") else (
             f"+{_fmt_bytes(mem['delta_bytes'])}" if mem["delta_bytes"] else "-")
@@ -852,13 +999,19 @@ def table(report: dict) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)) for row in rows]
     env, ver = report["environment"], report["versions"]
-    where = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} cores, {env['threads']} threads"
     lines.append("")
-    lines.append(f"{where}; torch {ver['torch']}, diffusers {ver['diffusers'] or 'absent'}; "
-                 f"load average {', '.join(f'{x:.2f}' for x in env.get('load_average', []))} "
+    lines.append(machine_line(env, ver))
+    lines.append(f"load average {', '.join(f'{x:.2f}' for x in env.get('load_average', []))} "
                  f"(before) / {', '.join(f'{x:.2f}' for x in env.get('load_average_after') or [])} (after)")
-    lines.append(f"Sampling rows: per-step median of the measured steps; '->' is the {steps}-step estimate "
-                 "(per-step x steps). speed-up = peer / ours.")
+    skipped: dict[str, list[str]] = {}
+    for r in report["results"]:
+        if r.get("peer_skipped"):
+            skipped.setdefault(r["peer_skipped"], []).append(f"{r['case']['stage']} {r['case']['model']}")
+    for reason, which in skipped.items():
+        lines.append(f"PEER SKIPPED for {', '.join(dict.fromkeys(which))}: {reason}")
+    lines.append(f"Sampling rows: the median over rounds of each round's median step; '->' is the {steps}-step "
+                 "estimate (per-step x steps). speed-up = the median over rounds of peer / ours, both timed in "
+                 "the same round (order alternating), with the min-max of the rounds' ratios.")
     return "\n".join(lines)
 
 
@@ -889,7 +1042,7 @@ def markdown_table(report: dict) -> str:
                 return "withheld (mismatch)"
             if stage in ("lifm", "lvfm"):
                 return (f"{_fmt_s(x['per_step_s'])}/step x {steps} = {_fmt_s(x['estimate_s'])} "
-                        f"({x['measured']} steps measured)")
+                        f"({x['measured']} steps in {x['rounds']} rounds)")
             if stage == "reid":
                 return f"{_fmt_s(x['per_image_s'])}/image"
             return f"{_fmt_s(x['median_s'])} ({_fmt_s(x['per_frame_s'])}/frame)"
@@ -902,7 +1055,7 @@ def markdown_table(report: dict) -> str:
             f"equal (rel. diff {check['rel_diff']:.0e})" if check["passed"] else "MISMATCH")
         if stage == "vae" and check is not None and check["passed"]:
             check_cell = f"equal (max {check['max_abs_diff']} grey levels)"
-        speed = f"**x{r['speedup']:.2f}**" if r.get("speedup") else "-"
+        speed = _fmt_speedup(r, bold=True)
         lines.append(f"| {stage} | {case['model']} | {case['dtype']} | {what} | {cell('ours')} | {cell('peer')} "
                      f"| {speed} | {mem_cell} | {check_cell} |")
     return "\n".join(lines)
@@ -934,7 +1087,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         models=_csv(args.models) if args.models else None,
         batches=[int(b) for b in _csv(args.batches)] if args.batches else None,
         steps=args.steps, measure_steps=args.measure_steps, warmup_steps=args.warmup_steps,
-        repeats=args.repeats, frames=args.frames, guidance=args.guidance, vae_chunk=args.vae_chunk,
+        rounds=args.rounds, frames=args.frames, guidance=args.guidance, vae_chunk=args.vae_chunk,
         compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads, seed=args.seed,
     )
 
@@ -969,7 +1122,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--dtype", default=None,
                    help="comma list of fp32,bf16,fp16 or 'all' (default: fp32 on CPU, all three on CUDA)")
     p.add_argument("--quick", action="store_true",
-                   help="the small set: DiT-S/2, STDiT-S/2 batch 1, avae-4f4 on 16 frames (< 3 min on 2 cores)")
+                   help=f"the small set: DiT-S/2, STDiT-S/2 batch 1 ({QUICK_LVFM_FRAMES} frames on a CPU), avae-4f4 "
+                        f"decoding {QUICK_VAE_FRAMES} frames, {QUICK_ROUNDS} rounds each (about 2 min on 2 cores)")
     p.add_argument("--json", default=None, help="write the full report (per-stage seconds, memory, versions) here")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     p.add_argument("--stages", default=None, help=f"comma list of {','.join(STAGES)} (default: all)")
@@ -981,13 +1135,17 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--steps", type=int, default=50, help="sampling steps whose cost is estimated (default 50)")
     p.add_argument("--measure-steps", type=int, default=None, help="timed steps per sampling run")
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed first steps per sampling run")
-    p.add_argument("--repeats", type=int, default=None, help="runs per case and path (medians over all)")
-    p.add_argument("--frames", type=int, default=64, help="frames per video (default 64)")
+    p.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=None,
+                   help="rounds per case; each times both paths, the order alternating (default: 5 in --quick "
+                        "and on CUDA; on a CPU 5 for LIFM, 7 for ReID, 3 for LVFM and VAE)")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames per video (default 64; the LVFM {QUICK_LVFM_FRAMES} in --quick on a CPU)")
     p.add_argument("--guidance", type=float, default=2.0, help="the 'guidance on' scale (default 2)")
     p.add_argument("--vae-chunk", type=int, default=16, help="frames per VAE decode call, ours (default 16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the flow models (ours)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each sampling step as a CUDA graph (ours)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); on a shared machine use 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny models, for the tests
     p.add_argument("--quiet", action="store_true", help="only the final table")

@@ -355,17 +355,25 @@ def evaluate_synthetic_vs_real(pipe: EchoFlowPipeline, regressor: torch.nn.Modul
 # ----------------------------------------------------------------------------------------------------
 
 
-def training_patients(root: Path) -> list[PatientAnatomy]:
-    """The demo weights' training patients, from the dataset recipe stored beside them."""
+def training_patients(root: Path, view: str | None = None) -> list[PatientAnatomy]:
+    """The demo weights' training patients (of one `view`, or of every view), from the dataset recipe
+    stored beside them."""
     recipe_path = root / "training_data.json"
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{recipe_path} is missing: the privacy evaluation needs to know which phantom "
                                 "patients the gate's bank was built from")
     recipe = json.loads(recipe_path.read_text())
+    views = tuple(recipe.get("views", ["A4C"]))
+    if view is not None:
+        # a patient's split and seed do not depend on the views rendered: re-rendering only this view
+        # gives the same patients (in the same order) for a third of the work
+        if view not in views:
+            return []
+        views = (view,)
     with tempfile.TemporaryDirectory() as tmp:
         # re-deriving the patient list through the same writer keeps one definition of the split
         records = write_phantom_dataset(Path(tmp), recipe["num_patients"], seed=recipe["seed"],
-                                        views=tuple(recipe.get("views", ["A4C"])), num_frames=2,
+                                        views=views, num_frames=1,
                                         split_fractions=tuple(recipe.get("split_fractions", (0.8, 0.1, 0.1))))
     bank_splits = set(recipe.get("bank_splits", ["TRAIN"]))
     seen, patients = set(), []
@@ -389,7 +397,7 @@ def _patient_latents(pipe: EchoFlowPipeline, patients: list[PatientAnatomy], fra
 
 def evaluate_privacy(pipe: EchoFlowPipeline, root: Path, sizes: EvalSizes, seed: int, view: str) -> dict:
     gate = pipe.gates[view]
-    train = [p for p in training_patients(root) if p.view == view][: sizes.privacy_patients]
+    train = training_patients(root, view)[: sizes.privacy_patients]
     rng = np.random.default_rng([EVAL_NEW_PATIENT_SEED, seed])
     new = [PatientAnatomy.sample(int(rng.integers(1, 2**31 - 1)), view) for _ in range(sizes.privacy_patients)]
     train_lat = _patient_latents(pipe, train, sizes.privacy_frames, seed)
@@ -635,7 +643,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     t = subparsers.add_parser(
         "tune-guidance", help="choose a video model's EF guidance on validation seeds -> its sampling.json",
-        description="Generates --videos videos at EFs evenly spread over 20-80 %% for every candidate guidance "
+        description="Generates --videos videos at EFs evenly spread over 20-80 % for every candidate guidance "
                     "(the same seeds for each, disjoint from `evaluate`'s), measures their EF with the weights' "
                     "EF regressor and picks the lowest MAE. --write stores it as the video model's default.")
     t.add_argument("--weights", default=None, help="weights root (default: the bundled phantom demo weights)")

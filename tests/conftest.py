@@ -3,14 +3,53 @@
 from __future__ import annotations
 
 import os
+import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 # Tests are small; one thread each keeps them deterministic and friendly to 2-core CI machines.
-torch.set_num_threads(int(os.environ.get("ECHOFLOW_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("ECHOFLOW_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A command run in-process may set torch's thread count (`--threads`); the next test gets the
+    suite's own count back, so results never depend on the order the tests ran in."""
+    yield
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+
+
+def call_main(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run a command-line entry point in-process, as the shell would: -> (exit status, stdout, stderr).
+    `raise SystemExit("message")` counts as status 1 with the message on stderr, as Python prints it."""
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            code = 1
+        else:
+            code = exc.code or 0
+    out, err = capsys.readouterr()
+    return int(code or 0), out, err
+
+
+@pytest.fixture
+def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """run_cli(argv) runs `echoflow ARGV` in-process; run_cli(argv, main=headless.main) another entry."""
+    from echoflow_models.cli import main as echoflow_main
+
+    def run(argv: list[str], main: Callable[[list[str]], int] = echoflow_main) -> tuple[int, str, str]:
+        return call_main(main, [str(a) for a in argv], capsys)
+
+    return run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echoflow-reference"
 

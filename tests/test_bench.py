@@ -25,7 +25,7 @@ def diffusers_missing() -> str | None:
 
 
 def tiny(**kw) -> BenchSettings:
-    base = dict(tiny=True, measure_steps=1, warmup_steps=1, repeats=1)
+    base = dict(tiny=True, measure_steps=1, warmup_steps=1, rounds=2)
     base.update(kw)
     return BenchSettings(**base)
 
@@ -54,7 +54,14 @@ def test_quick_plan_is_small_and_cuda_plan_has_all_dtypes():
     quick = plan(BenchSettings(quick=True))
     assert {c.stage for c in quick} == set(bench.STAGES)
     assert {c.model for c in quick if c.stage == "lvfm"} == {"STDiT-S/2"}
-    assert all(c.decode_frames == 16 for c in quick if c.stage == "vae")
+    assert all(c.frames == bench.QUICK_LVFM_FRAMES for c in quick if c.stage == "lvfm")
+    assert all(c.decode_frames == bench.QUICK_VAE_FRAMES and c.frames == 64 for c in quick if c.stage == "vae")
+    # every case warms up both paths and is timed in at least 5 alternating rounds
+    assert all(c.warmup >= 1 and c.measure >= 1 and c.rounds >= 5 for c in quick)
+    assert all(c.warmup >= 1 and c.rounds >= 3 for c in plan(BenchSettings()))
+    assert all(c.rounds == 7 for c in plan(BenchSettings(quick=True, rounds=7)))
+    with pytest.raises(ValueError, match="rounds"):
+        plan(BenchSettings(quick=True, rounds=0))
     args = bench_parser().parse_args(["bench", "--device", "cuda"])
     assert bench.settings_from_args(args).dtypes == ["fp32", "bf16", "fp16"]
 
@@ -86,12 +93,15 @@ def test_cli_runs_every_stage_and_writes_json(tmp_path, capsys):
     for r in report["results"]:
         ours = r["impl"]["ours"]
         assert ours["median_s"] > 0 and ours["throughput"] > 0
-        assert ours["memory"]["peak_bytes"] >= 0
+        assert ours["memory"]["kind"].startswith("process_peak_rss") and ours["memory"]["peak_bytes"] > 0
+        assert len(ours["rounds_s"]) == ours["rounds"] == 2 and ours["median_s"] == pytest.approx(
+            sum(ours["rounds_s"]) / 2, abs=2e-6)
         assert "peer" not in r["impl"] and "--no-peer" in r["peer_skipped"]
         if r["case"]["stage"] in ("lifm", "lvfm"):
             assert ours["estimate_s"] == pytest.approx(ours["per_step_s"] * 50)
     printed = capsys.readouterr().out
     assert "speed-up" in printed and "[bench]" not in printed  # --quiet: only the table
+    assert "CPU: " in printed and f"torch {torch.__version__}" in printed  # the machine, under the table
 
 
 def test_textbook_stdit_peer_is_checked_equal_before_timing():
@@ -102,7 +112,12 @@ def test_textbook_stdit_peer_is_checked_equal_before_timing():
         assert r["check"]["passed"], r["check"]
         assert r["check"]["rel_diff"] < 1e-5
         assert r["speedup"] and r["speedup"] > 0
-        assert r["impl"]["peer"]["checked_steps"] == 2
+        assert r["impl"]["peer"]["checked_steps"] == 1
+        for impl in r["impl"].values():  # one warm-up step, then one timed step in each of 2 rounds
+            assert impl["rounds"] == 2 and len(impl["rounds_s"]) == 2 and impl["measured"] == 2
+        ratios = [p / o for o, p in zip(r["impl"]["ours"]["rounds_s"], r["impl"]["peer"]["rounds_s"], strict=True)]
+        assert r["speedup_spread"]["ratios"] == pytest.approx(ratios, rel=1e-3)
+        assert r["speedup_spread"]["min"] <= r["speedup"] <= r["speedup_spread"]["max"]
 
 
 def test_mismatch_withholds_every_time(monkeypatch):
@@ -128,11 +143,60 @@ def test_diffusers_peers_agree_and_speedups_are_reported(tmp_path):
     json.dumps(report)  # serialisable as it is
 
 
+def test_batched_reid_peer_agrees_with_the_gate():
+    """The ReID peer embeds the whole batch at once against a bank prepared once, like a user would."""
+    report = run_bench(tiny(stages=["reid"]), log=lambda _: None)
+    (r,) = report["results"]
+    assert r["check"]["passed"] and r["check"]["same_nearest"], r["check"]
+    assert r["check"]["max_abs_diff"] <= bench.REID_TOLERANCE and r["speedup"] > 0
+
+
+def test_rounds_alternate_and_the_speedup_is_the_median_of_round_ratios():
+    impls = [("ours", None), ("peer", None)]
+    assert [n for n, _ in bench.round_order(impls, 0)] == ["ours", "peer"]
+    assert [n for n, _ in bench.round_order(impls, 1)] == ["peer", "ours"]
+    assert [n for n, _ in bench.round_order(impls[:1], 1)] == ["ours"]
+    # a disturbed round moves neither the median nor the other rounds' ratios
+    record = {"impl": {"ours": {"rounds_s": [1.0, 1.0, 2.0, 1.0, 1.0]},
+                       "peer": {"rounds_s": [1.2, 1.1, 9.0, 1.3, 1.2]}}}
+    bench.finish(record, BenchSettings())
+    spread = record["speedup_spread"]
+    assert record["speedup"] == pytest.approx(1.2) and spread["rounds"] == 5
+    assert spread["min"] == pytest.approx(1.1) and spread["max"] == pytest.approx(4.5)
+    assert spread["q1"] == pytest.approx(1.2) and spread["q3"] == pytest.approx(1.3)
+    assert "x1.20 (1.10-4.50, 5 rounds)" in bench._fmt_speedup(record)
+    assert bench.ratio_spread([2.0]) == {"median": 2.0, "min": 2.0, "max": 2.0, "q1": 2.0, "q3": 2.0,
+                                         "rounds": 1, "ratios": [2.0]}
+
+
+def test_the_machine_is_described(monkeypatch):
+    env = bench.environment(BenchSettings())
+    assert env["threads"] == torch.get_num_threads() and env["torch_build"]["torch"] == torch.__version__
+    assert env["cpu_flags"] is None or set(env["cpu_flags"]) <= set(bench.CPU_FLAGS)
+    line = bench.machine_line(env, bench.versions())
+    assert f"torch {torch.__version__}" in line and f"{torch.get_num_threads()} intra-op threads" in line
+    assert ("no AMX" in line) == (env["cpu_flags"] is not None and not any(f.startswith("amx") for f in env["cpu_flags"]))
+    assert "flags: unknown" in bench.machine_line({**env, "cpu_flags": None})
+    fake = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon Test\nphysical id\t: 0\n"
+            "core id\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+            "processor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon Test\nphysical id\t: 0\n"
+            "core id\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: fake if str(self) == "/proc/cpuinfo"
+                        else real_read(self, *a, **k))
+    info = bench.cpuinfo()
+    assert info == {"cpu": "Xeon Test", "vendor": "GenuineIntel", "physical_cores": 1,
+                    "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}  # 2 threads, 1 core
+
+
 def test_peer_skip_reason_when_bench_folder_is_absent(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "nowhere")
     monkeypatch.delitem(__import__("sys").modules, "echoflow_bench_peers", raising=False)
-    report = run_bench(tiny(stages=["reid"]), log=lambda _: None)
+    lines = []
+    report = run_bench(tiny(stages=["reid"]), log=lines.append)
     assert "source checkout" in report["results"][0]["peer_skipped"]
+    assert any("every peer skipped" in line and "source checkout" in line for line in lines)
+    assert "PEER SKIPPED for reid ResNet18-4to128" in table(report)
 
 
 # ----------------------------------------------------------------------------------------------------

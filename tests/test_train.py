@@ -261,14 +261,14 @@ def test_volume_tracings_become_masks(tmp_path, tiny_data):
     assert masks[3].sum() > 1500 and masks[3, 50, 56] and not masks[3, 50, 20] and masks[0].sum() == 0
 
 
-@pytest.mark.slow
-def test_train_all_exports_a_loadable_weights_root(tmp_path):
-    data, work, out = tmp_path / "ds", tmp_path / "work", tmp_path / "weights"
+def _train_all_data(tmp_path) -> Path:
+    data = tmp_path / "ds"
     train("dataset", out=str(data), patients=5, seed=3, views="A4C,PSAX", frames=8, extra_videos=0,
           split="0.6,0.2,0.2", quiet=True)
-    cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(data), "--work", str(work),
-           "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet", "--steps-scale", "2"]
-    subprocess.run(cmd, check=True)
+    return data
+
+
+def _check_train_all(work: Path, out: Path, info: str, steps_scale: int, dtype: str) -> None:
     # The LVFM trained on its own set: the same patients re-rendered at one more EF each, full length.
     lvfm_set = json.loads((work / "lvfm_data" / "dataset.json").read_text())
     assert lvfm_set["num_patients"] == 5 and lvfm_set["extra_frames"] == 8 and lvfm_set["videos"] == 20
@@ -282,17 +282,39 @@ def test_train_all_exports_a_loadable_weights_root(tmp_path):
     assert lifm_args["latents"] == str(work / "latents_lvfm.pt") and lifm_args["frames"] == "first"
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
-    info = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(out)], check=True,
-                          capture_output=True, text=True).stdout
     assert info.count("loads strictly") == 5
     from echoflow_models.pipeline import EchoFlowPipeline
 
     pipe = EchoFlowPipeline.from_folder(out)
     assert set(pipe.gates) == {"A4C", "PSAX", "PLAX"}
     manifest = json.loads((out / "training.json").read_text())
-    assert manifest["dtype"] == "float16" and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef"}
+    assert manifest["dtype"] == dtype and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef"}
     for stage in ("vae", "lifm", "lvfm", "reid", "ef"):  # --steps-scale multiplies every preset step count
-        assert manifest["stages"][stage]["steps"] == 2 * TINY[stage]["steps"], stage
+        assert manifest["stages"][stage]["steps"] == steps_scale * TINY[stage]["steps"], stage
+
+
+def test_train_all_exports_a_loadable_weights_root(tmp_path, run_cli):
+    """`echoflow train all` in-process, the tiny preset at its own step counts, float32 export."""
+    data, work, out = _train_all_data(tmp_path), tmp_path / "work", tmp_path / "weights"
+    code, _, err = run_cli(["train", "all", "--data", data, "--work", work, "--out", out, "--preset", "tiny",
+                            "--threads", "1", "--quiet"])
+    assert code == 0, err
+    code, info, err = run_cli(["info", out])
+    assert code == 0, err
+    _check_train_all(work, out, info, 1, "float32")
+    assert all(p.dtype == torch.float32 for p in load_model(out / "lifm" / "phantom-dit").parameters())
+
+
+@pytest.mark.slow
+def test_train_all_command_in_its_own_process(tmp_path):
+    """The same as a user runs it: separate processes, twice the steps, float16 export."""
+    data, work, out = _train_all_data(tmp_path), tmp_path / "work", tmp_path / "weights"
+    cmd = [sys.executable, "-m", "echoflow_models", "train", "all", "--data", str(data), "--work", str(work),
+           "--out", str(out), "--preset", "tiny", "--fp16", "--threads", "1", "--quiet", "--steps-scale", "2"]
+    subprocess.run(cmd, check=True)
+    info = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(out)], check=True,
+                          capture_output=True, text=True).stdout
+    _check_train_all(work, out, info, 2, "float16")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,12 +339,12 @@ def test_bundled_weights_are_complete_and_small():
         assert 0 < gates[view]["tau"] <= 1
 
 
-def test_bundled_weights_load_strictly():
+def test_bundled_weights_load_strictly(run_cli):
     for kind, name in KINDS.items():
         model = load_model(BUNDLED / kind / name)
         assert all(p.dtype == torch.float32 for p in model.parameters())
-    out = subprocess.run([sys.executable, "-m", "echoflow_models", "info", str(BUNDLED)], check=True,
-                         capture_output=True, text=True).stdout
+    code, out, err = run_cli(["info", BUNDLED])
+    assert code == 0, err
     assert out.count("loads strictly") == 5
 
 

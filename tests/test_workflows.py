@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -218,14 +216,12 @@ def test_api_workflow_runs_in_process(path, tiny_env, tmp_path):
             assert len(checks) == 3 and all("target" in c for c in checks)
 
 
-def test_run_accepts_ui_workflows_and_sets(tiny_env, tmp_path):
+def test_run_accepts_ui_workflows_and_sets(tiny_env, tmp_path, run_cli):
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "echoflow_models.headless", "run", str(ROOT / "workflows" / "echoflow_full_pipeline.json"),
-           "--out", str(out), "--quiet", *[a for s in TINY if "EFRegressor" not in s for a in ("--set", s)],
-           "--set", "EchoFlowSaveVideo.filename_prefix=cli/run"]
-    env = dict(os.environ, ECHOFLOW_MODEL_PATH=str(tiny_env), OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_cli(["run", ROOT / "workflows" / "echoflow_full_pipeline.json", "--out", out, "--quiet",
+                            *[a for s in TINY if "EFRegressor" not in s for a in ("--set", s)],
+                            "--set", "EchoFlowSaveVideo.filename_prefix=cli/run"], main=headless.main)
+    assert code == 0, err
     assert (out / "cli" / "run_00001_.mp4").is_file()
     meta = json.loads((out / "cli" / "run_00001_.json").read_text())
     assert meta["workflow"]["version"] == 0.4 and meta["prompt"]["5"]["inputs"]["steps"] == 2
@@ -274,8 +270,13 @@ def test_set_override_forms():
     assert prompt != out  # the input is not modified
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+# The full pipeline runs on the demo weights by default; the other three (several 64-frame videos each)
+# only in the slow run: at the tiny sizes they run above, in test_api_workflow_runs_in_process.
+DEMO_RUNS = [p if p.stem == "echoflow_full_pipeline" else pytest.param(p, marks=pytest.mark.slow)
+             for p in API_FILES]
+
+
+@pytest.mark.parametrize("path", DEMO_RUNS, ids=lambda p: p.stem)
 def test_api_workflow_runs_on_the_bundled_demo_weights(path, tmp_path, monkeypatch):
     from echoflow_models.weights import bundled_weights_root
 
@@ -285,59 +286,71 @@ def test_api_workflow_runs_on_the_bundled_demo_weights(path, tmp_path, monkeypat
     prompt = headless.apply_overrides(json.loads(path.read_text()), ["*.steps=4"])
     ui = headless.run_prompt(prompt, output_dir=tmp_path, log=None)
     assert ui
+    saved = [f for out in ui.values() for v in out.get("echoflow_video", []) for f in v["files"]]
+    if "dataset" not in path.stem:  # a 64-frame video of the demo's LVFM came out
+        from echoflow_models.video_io import read_video
+
+        assert saved and read_video(tmp_path / saved[0])[0].shape[0] == 64
 
 
 # ---------------------------------------------------------------------------------- generate-dataset
-def _gen(tiny_root, out, *extra, env_extra=None):
-    cmd = [sys.executable, "-m", "echoflow_models.headless", "generate-dataset", "--weights", str(tiny_root),
-           "--out", str(out), "--image-steps", "1", "--video-steps", "1", "--batch-size", "2", "--quiet", *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        if not env_extra or k not in env_extra:
-            env.pop(k, None)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+@pytest.fixture
+def gen(tiny_root, run_cli, monkeypatch):
+    """gen(out, *args, weights=..., env=...) runs `generate-dataset` in-process with 1-step sampling;
+    env sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) for that call only."""
+
+    def run(out, *extra, weights=tiny_root, env=None):
+        with monkeypatch.context() as m:
+            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                m.delenv(k, raising=False)
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            return run_cli(["generate-dataset", "--weights", weights, "--out", out, "--image-steps", "1",
+                            "--video-steps", "1", "--batch-size", "2", "--quiet", *extra], main=headless.main)
+
+    return run
 
 
-def test_generate_dataset_resumes_without_touching_finished_videos(tiny_root, tmp_path):
+def test_generate_dataset_resumes_without_touching_finished_videos(gen, tmp_path):
     from echoflow_models.echonet import read_filelist
 
     out = tmp_path / "ds"
-    r = _gen(tiny_root, out, "--count", "3", "--ef-range", "30", "50", "--val-frac", "0.5")
-    assert r.returncode == 0, r.stderr
+    code, _, err = gen(out, "--count", "3", "--ef-range", "30", "50", "--val-frac", "0.5")
+    assert code == 0, err
     rows = read_filelist(out)
     assert len(rows) == 3 and all(30 <= row.ef <= 50 for row in rows)
     assert {row.extra["Source"] for row in rows} == {"EchoFlow"} and rows[0].extra["View"] == "A4C"
     first = {row.file_name: (out / "Videos" / f"{row.file_name}.avi").stat().st_mtime_ns for row in rows}
-    r = _gen(tiny_root, out, "--count", "5", "--ef-range", "30", "50", "--val-frac", "0.5")
-    assert r.returncode == 0, r.stderr
+    code, _, err = gen(out, "--count", "5", "--ef-range", "30", "50", "--val-frac", "0.5")
+    assert code == 0, err
     rows = read_filelist(out)
     assert len(rows) == 5 and len({row.file_name for row in rows}) == 5
     for name, mtime in first.items():
         assert (out / "Videos" / f"{name}.avi").stat().st_mtime_ns == mtime
-    r = _gen(tiny_root, out, "--count", "5", "--ef-range", "30", "50")
-    assert r.returncode == 0 and "already complete" not in r.stdout and len(read_filelist(out)) == 5
+    code, printed, _ = gen(out, "--count", "5", "--ef-range", "30", "50")
+    assert code == 0 and "already complete" not in printed and len(read_filelist(out)) == 5
 
 
-def test_generate_dataset_shards_across_ranks(tiny_root, tmp_path):
+def test_generate_dataset_shards_across_ranks(gen, tmp_path):
     from echoflow_models.echonet import read_filelist
 
     out = tmp_path / "ds"
     for rank in (0, 1):
-        r = _gen(tiny_root, out, "--count", "3", env_extra={"RANK": str(rank), "WORLD_SIZE": "2",
-                                                            "LOCAL_RANK": str(rank)})
-        assert r.returncode == 0, r.stderr
+        code, _, err = gen(out, "--count", "3", env={"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)})
+        assert code == 0, err
     rows = read_filelist(out)
     assert len(rows) == 3
     blocks = {int(row.file_name.split("_")[1]) // 2 % 2 for row in rows}
     assert blocks == {0, 1}  # both ranks contributed
     single = tmp_path / "single"
-    assert _gen(tiny_root, single, "--count", "3").returncode == 0
+    assert gen(single, "--count", "3")[0] == 0
+    assert len(read_filelist(single)) == 3
 
 
-def test_generate_dataset_stops_when_the_gate_rejects_everything(tiny_root, tmp_path):
+def test_generate_dataset_stops_when_the_gate_rejects_everything(gen, tmp_path):
     out = tmp_path / "ds"
-    r = _gen(tiny_root, out, "--count", "2", "--tau", "0.01", "--similarity", "cosine", "--max-candidates", "4")
-    assert r.returncode != 0 and "passed the privacy gate" in r.stderr
+    code, _, err = gen(out, "--count", "2", "--tau", "0.01", "--similarity", "cosine", "--max-candidates", "4")
+    assert code != 0 and "passed the privacy gate" in err
     assert (out / "privacy_rejected.csv").read_text().count("\n") == 5  # header + 4 candidates
     assert not any((out / "Videos").glob("*.avi"))
 
@@ -348,4 +361,8 @@ def test_candidate_helpers_are_deterministic():
     assert sum(headless.rank_quota(10, r, 3) for r in range(3)) == 10
     splits = [headless.candidate_split(i, 0.1, 0.1) for i in range(2000)]
     assert 120 < splits.count("VAL") < 280 and 120 < splits.count("TEST") < 280
-    assert torch.is_tensor(torch.zeros(1))
+    assert set(splits) == {"TRAIN", "VAL", "TEST"}
+    assert headless.candidate_split(17, 0.1, 0.1) == splits[17]  # a pure function of the index
+    assert headless.candidate_split(5, 0.0, 0.0) == "TRAIN"  # no VAL / TEST share: everything trains
+    efs = [headless.candidate_ef(i, 20, 80) for i in range(200)]
+    assert min(efs) < 30 and max(efs) > 70 and len(set(efs)) > 150  # spread over the range, not one value
