@@ -206,6 +206,29 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
         )
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """A short hash of a model folder's config and weights bytes: two folders with the same name but other
+    weights differ, a copy of the same weights does not. Cached per (path, size, modification time)."""
+    import hashlib
+
+    folder = Path(folder)
+    files = [p for p in (folder / "config.json", folder / "config.yaml", folder / WEIGHTS_NAME,
+                         folder / REID_WEIGHTS_NAME) if p.is_file()]
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
 def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
@@ -232,6 +255,7 @@ def load_model(
     check_finite(state, str(weights))
     model.load_state_dict(state, strict=True)
     model.source_folder = str(folder)
+    model.fingerprint = weights_fingerprint(folder)
     if class_name != REID_CLASS:
         model.recommended_guidance = read_recommended_guidance(folder)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

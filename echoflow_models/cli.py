@@ -31,8 +31,8 @@ from .options import (
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Modules that contribute sub-commands through `add_subcommands(subparsers)`.
-SUBCOMMAND_MODULES = ("echoflow_models.train", "echoflow_models.evaluate", "echoflow_models.bench",
-                      "echoflow_models.headless")
+SUBCOMMAND_MODULES = ("echoflow_models.dataset_maker", "echoflow_models.train", "echoflow_models.evaluate",
+                      "echoflow_models.bench", "echoflow_models.headless")
 
 
 def pick_device(name: str) -> torch.device:
@@ -199,17 +199,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     if not folders:
         raise UsageError(f"no model folders at {path} (expected a folder with config.json/config.yaml, or a root "
                          "with vae/ lifm/ lvfm/ reid/)")
+    image_shapes = {}
     for folder in folders:
         model = load_model(folder)
         params = sum(p.numel() for p in model.parameters())
         print(f"{folder}: {read_model_class(folder)}, {params / 1e6:.2f} M parameters, loads strictly, all "
               "values finite")
+        if read_model_class(folder) == "SegDiTTransformer2DModel":
+            image_shapes[folder.name] = (model.out_channels, model.config.sample_size, model.config.sample_size)
     if not is_root:
         return 0
+    problems = []
     scaling = path / "assets" / "scaling.pt"
     if scaling.is_file():
         scaler = LatentScaler.load(scaling)
         print(f"{scaling}: {scaler.channels} channels, finite, std > 0")
+    elif folders:
+        problems.append(f"{scaling} is missing: latents cannot be scaled, so nothing can be generated or decoded")
     guarded = 0
     for view in VIEWS:
         try:
@@ -222,11 +228,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         extra = gate.report_extra
         print(f"privacy gate {view}: {extra['reid']} + {', '.join(extra['banks'])} ({gate.bank.shape[0]} rows), "
               f"judges latents {list(gate.latent_shape)}, tau {gate.tau:g} ({extra['calibrated_source']})")
+        for name, shape in image_shapes.items():
+            if shape != gate.latent_shape:
+                problems.append(f"the {view} gate judges latents {list(gate.latent_shape)} but lifm/{name} makes "
+                                f"{list(shape)}: it could not judge them")
         guarded += 1
     if guarded == 0:
         print(f"no privacy gate is complete under {path}: generation will refuse to release anything "
               f"(see {GATES_NAME} or the release's reid/ and assets/ folders)")
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # before any compute: one line, status 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # CheckpointError and friends carry their own explanation

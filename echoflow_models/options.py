@@ -45,18 +45,27 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str,
     require(out.suffix.lower() in suffixes,
             f"{option} {str(path)!r}: the file name must end in {' or '.join(suffixes)} (that decides the format)")
     require(not out.is_dir(), f"{option} {str(path)!r} is a folder; give a file name such as {out / ('video' + suffixes[0])}")
-    require(overwrite or not out.exists(), f"{option} {str(path)!r} exists; pass --overwrite to replace it or choose "
-            "another name")
-    check_writable_folder(out.parent, option)
+    require(overwrite or not os.path.lexists(out), f"{option} {str(path)!r} exists; pass --overwrite to replace it or "
+            "choose another name")
+    require(not (out.is_symlink() and not out.exists()), f"{option} {str(path)!r} is a broken symbolic link; remove it "
+            "or choose another name")
+    check_writable_target(out.parent, option)
     return out
 
 
-def check_writable_folder(folder: str | os.PathLike, option: str) -> Path:
-    """Create `folder` if needed and prove it is writable, before any compute."""
+def check_writable_target(folder: str | os.PathLike, option: str) -> Path:
+    """Prove that `folder` can be written, or created, without creating anything: the nearest existing
+    folder on its path must accept a file (a probe of our own, removed at once)."""
     folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:
+            raise UsageError(f"{option}: {folder} cannot be created ({existing} is a broken link or missing root)")
+        existing = existing.parent
+    require(existing.is_dir(), f"{option}: cannot write into {folder} ({existing} is a file, not a folder); choose "
+            "another location")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".echoflow-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".echoflow-write-check-"):
             pass
     except OSError as exc:
         raise UsageError(f"{option}: cannot write into {folder} ({exc.strerror or exc}); choose a writable "

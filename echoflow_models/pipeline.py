@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .checkpoint import load_model
+from .checkpoint import MAX_GUIDANCE, load_model
 from .conventions import EF_MAX, EF_MIN, IMAGE_SIZE, VIEWS
-from .privacy import gate_spec, load_gate
+from .privacy import GateConfigError, gate_spec, load_gate
 from .reid import GateReport, PrivacyGate
 from .sampling import (
     StepCallback,
@@ -91,8 +91,10 @@ def preprocess_mask(mask: torch.Tensor | np.ndarray | Image.Image, latent_size: 
     Values may be in [0, 1] (ComfyUI MASK) or [0, 255].
     """
     batch = _mask_batch(mask)
+    if batch.shape[0] == 0:
+        raise ValueError("mask batch is empty; give one mask, or one per image")
     if batch.shape[-2:] == (latent_size, latent_size):
-        return (batch > 0.5).float()[:, None]
+        return _check_mask_content((batch > 0.5).float()[:, None])
     scale = 255.0 if batch.max() <= 1.0 else 1.0
     prepared = []
     for item in batch:
@@ -103,7 +105,18 @@ def preprocess_mask(mask: torch.Tensor | np.ndarray | Image.Image, latent_size: 
         prepared.append(torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0))
     stacked = torch.stack(prepared)[:, None]  # [B, 1, 112, 112]
     small = F.interpolate(stacked, size=(latent_size, latent_size), mode="bilinear", align_corners=False)
-    return (small > 0).float()
+    return _check_mask_content((small > 0).float())
+
+
+def _check_mask_content(masks: torch.Tensor) -> torch.Tensor:
+    """An LV mask marks the cavity: one that is empty or covers the whole image guides nothing (the
+    reference's threshold makes a flat mask all 0 or all 1), so it is refused rather than used."""
+    per_item = masks.flatten(1).mean(1)
+    flat = ((per_item == 0) | (per_item == 1)).nonzero().flatten().tolist()
+    if flat:
+        raise ValueError(f"mask {flat[0]} is {'empty' if per_item[flat[0]] == 0 else 'full'} after preparation; an LV "
+                         "mask is white (or light) inside the cavity on a dark background")
+    return masks
 
 
 def ef_fractions(ef: float | Sequence[float] | torch.Tensor, batch: int) -> torch.Tensor:
@@ -202,6 +215,7 @@ class EchoFlowPipeline:
             raise FileNotFoundError(f"weights folder {root} does not exist")
         gates = {}
         for view in views:
+            view = VIEWS[view_index(view)]
             gates[view] = load_gate(gate_spec(root, view), tau, allow_looser_tau=allow_looser_tau,
                                     similarity=similarity, device=device)
         folders = {"vae": resolve_model(root, "vae", vae)}
@@ -214,6 +228,13 @@ class EchoFlowPipeline:
             lifm_model = load_model(folders["lifm"], device, dtype)
             lvfm_model = load_model(folders["lvfm"], device, dtype)
         pipe = cls(vae_model, scaler, lifm_model, lvfm_model, gates, device, dtype)
+        for view, gate in gates.items():  # a gate that cannot judge these latents is refused before any compute
+            if gate.latent_shape != pipe.latent_shape:
+                raise GateConfigError(
+                    f"the {view} privacy gate under {root} judges latents {list(gate.latent_shape)} but these models "
+                    f"make {list(pipe.latent_shape)}; the gate (gates.json latent_shape, ReID, banks) and the models "
+                    "must come from the same release"
+                )
         pipe.provenance = {"weights": weights_source(root),
                            **{kind: f"{kind}/{Path(folder).name}" for kind, folder in folders.items()}}
         return pipe
@@ -317,6 +338,8 @@ class EchoFlowPipeline:
         lvfm = self._require(self.lvfm, "video flow model (LVFM)")
         if guidance is None:
             guidance = self.default_guidance
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be a number in [0, {MAX_GUIDANCE:g}] (1 = off), got {guidance!r}")
         check_steps(steps)
         check_solver(solver)
         check_seed(seed, max(1, latents.shape[0]))

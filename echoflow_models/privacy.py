@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ class GateConfigError(CheckpointError):
 # --------------------------------------------------------------------------------------------------- tau
 def check_tau(value: object, what: str = "tau") -> float:
     """A tau as float in (0, 1]; GateConfigError for anything else (bools, strings, NaN, 0, > 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise GateConfigError(f"{what} must be a number in (0, 1], got {value!r}")
     if not 0.0 < float(value) <= 1.0:
         raise GateConfigError(f"{what} must be in (0, 1] (a latent passes only below it), got {value!r}")
@@ -96,6 +97,8 @@ def decide_tau(
     if requested is None:
         return TauDecision(calibrated, calibrated, source, "calibrated")
     tau = check_tau(requested, option)
+    if abs(tau - calibrated) <= 5e-7 * calibrated:  # the calibrated value as printed (6 digits) is the same tau
+        return TauDecision(calibrated, calibrated, source, "user (equal)")
     if tau > calibrated and not allow_looser:
         raise GateConfigError(
             f"{option} {tau:g} is looser than these weights' calibrated tau {calibrated:g} ({source}): more "
@@ -167,8 +170,15 @@ def read_gates_manifest(root: str | Path) -> dict[str, dict] | None:
     manifest = Path(root) / GATES_NAME
     if not manifest.is_file():
         return None
+    def no_duplicates(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise GateConfigError(f"{manifest}: {', '.join(twice)} appear(s) twice; which one applies would be a guess")
+        return dict(pairs)
+
     try:
-        table = json.loads(manifest.read_text())
+        table = json.loads(manifest.read_text(), object_pairs_hook=no_duplicates)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GateConfigError(f"{manifest}: not valid JSON ({exc}); fix the file or remove it to use the "
                               "release's mapping") from exc

@@ -248,6 +248,10 @@ class PrivacyGate:
             )
         if not torch.isfinite(bank).all():
             raise ValueError("anatomy bank contains NaN or inf rows; it is corrupt")
+        flat_rows = (bank.float().std(dim=1) == 0).nonzero().flatten().tolist()
+        if similarity == "pearson" and flat_rows:
+            raise ValueError(f"anatomy bank rows {flat_rows[:5]} are constant: their correlation is undefined, so the "
+                             "gate could not judge against them; the bank is corrupt")
         if bank.min() < 0 or bank.max() > 1:
             raise ValueError(
                 f"anatomy bank values span [{float(bank.min()):.3g}, {float(bank.max()):.3g}] but a bank holds "
@@ -270,6 +274,9 @@ class PrivacyGate:
     @torch.no_grad()
     def similarities(self, latents: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """latents [B, C, h, w] -> (max similarity [B], nearest bank index [B]) with one matmul per chunk."""
+        if not torch.is_tensor(latents) or not latents.is_floating_point():
+            raise ValueError(f"the privacy gate judges real floating-point latents, got "
+                             f"{getattr(latents, 'dtype', type(latents).__name__)}")
         if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(
                 f"the privacy gate judges latent images [B, {', '.join(map(str, self.latent_shape))}] (the shape "

@@ -11,6 +11,7 @@ zero and others twice the size; the model sees the state cast to its own dtype o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,7 +43,9 @@ def seeded_noise(
 
 def check_seed(seed: object, span: int = 1, what: str = "seed") -> int:
     """`seed` as an int such that seed .. seed + span - 1 are all valid generator seeds; ValueError otherwise."""
-    if isinstance(seed, bool) or not isinstance(seed, int | float) or float(seed) != int(seed):
+    if isinstance(seed, bool) or not isinstance(seed, int | float):
+        raise ValueError(f"{what} must be a whole number, got {seed!r}")
+    if isinstance(seed, float) and (not math.isfinite(seed) or not seed.is_integer()):
         raise ValueError(f"{what} must be a whole number, got {seed!r}")
     seed = int(seed)
     if seed < 0 or seed + max(1, span) - 1 > MAX_SEED:

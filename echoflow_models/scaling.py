@@ -27,7 +27,10 @@ class LatentScaler:
         data = load_tensor_asset(path)
         if not isinstance(data, dict) or not {"mean", "std"} <= set(data):
             raise ValueError(f"{path}: scaling.pt must hold a dict with 'mean' and 'std' tensors")
-        return cls(data["mean"], data["std"])
+        try:
+            return cls(data["mean"], data["std"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"{path}: {exc}; the file is corrupt, download it again") from None
 
     @classmethod
     def fit(cls, latents: torch.Tensor) -> LatentScaler:

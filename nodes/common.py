@@ -86,6 +86,9 @@ def image_to_uint8(image: torch.Tensor, name: str = "images") -> torch.Tensor:
         raise EchoFlowInputError(f"{name}: expected IMAGE [N,H,W,C] with C in 1/3/4, got {tuple(image.shape)}")
     if image.shape[0] == 0:
         raise EchoFlowInputError(f"{name}: the image batch is empty")
+    if not bool(torch.isfinite(image).all()):
+        raise EchoFlowInputError(f"{name}: the frames hold NaN or inf values (a broken model or decode upstream); "
+                                 "nothing is written")
     image = image[..., :3] if image.shape[-1] == 4 else image
     if image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
@@ -122,8 +125,8 @@ def make_video_info(meta: dict, frames_per_video: int, videos: int) -> dict:
         if len(passed) == videos:
             item["max_similarity"] = passed[i].get("max_similarity")
         items.append({k: v for k, v in item.items() if v is not None})
-    run = {k: meta[k] for k in ("view", "lifm_model", "lvfm_model", "guidance", "image_steps", "video_steps",
-                                "solver", "masked") if meta.get(k) is not None}
+    run = {k: meta[k] for k in ("view", "lifm_model", "lvfm_model", "lifm_id", "lvfm_id", "guidance", "image_steps",
+                                "video_steps", "solver", "masked") if meta.get(k) is not None}
     if privacy is not None:
         run["privacy"] = {k: v for k, v in privacy.items() if k != "items"}
     return {"frames_per_video": int(frames_per_video), "videos": int(videos), "run": run, "items": items}

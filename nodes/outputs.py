@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -154,6 +155,10 @@ class EchoFlowSaveVideo:
         return {"ui": ui, "result": (outputs, json.dumps(saved))}
 
 
+class EchoFlowPrivacyVerdictMissing(EchoFlowInputError):
+    """Frames without a privacy verdict cannot enter a synthetic dataset."""
+
+
 class EchoFlowSaveEchoNetDataset:
     SEARCH_ALIASES = ["echonet", "dataset", "filelist"]
     DESCRIPTION = (
@@ -203,6 +208,7 @@ class EchoFlowSaveEchoNetDataset:
             EchoNetFormatError,
             append_synthetic,
             check_name_prefix,
+            generation_key,
             read_filelist,
         )
 
@@ -215,16 +221,33 @@ class EchoFlowSaveEchoNetDataset:
             raise EchoFlowInputError(str(exc)) from None
         if not fps or fps <= 0:
             raise EchoFlowInputError(f"fps must be positive, got {fps}")
+        if not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+            raise EchoFlowInputError(f"fps must be a positive number, got {fps}")
         videos, items, run = videos_and_info(images, video_info)
+        privacy = run.get("privacy") or {}
+        if not privacy or any("max_similarity" not in item for item in items):
+            raise EchoFlowPrivacyVerdictMissing(
+                "a synthetic dataset takes only videos that passed the privacy gate: connect the video_info of "
+                "the EchoFlow VAE Decode that decodes Animate's output, with EchoFlow Privacy Gate between Sample "
+                "Image and Animate. Nothing was written"
+            )
         out_dir = bridge.output_directory()
         root = bridge.safe_subpath(out_dir, dataset_dir or "echoflow/echonet_synthetic")
-        privacy = run.get("privacy") or {}
         weights = "+".join(str(run[k]) for k in ("lifm_model", "lvfm_model") if run.get(k))
         progress = bridge.Progress(len(videos), "save dataset")
         added, duplicates = [], []
+        key_fields = ("lifm_id", "lvfm_id", "view", "image_steps", "video_steps", "solver", "guidance")
         for i, video in enumerate(videos):
             item = items[i]
+            generation = None
+            if all(run.get(k) is not None for k in key_fields) and not run.get("masked") \
+                    and all(item.get(k) is not None for k in ("seed", "video_seed", "ef")):
+                generation = generation_key(lifm=run["lifm_id"], lvfm=run["lvfm_id"], view=run["view"],
+                                            image_steps=run["image_steps"], video_steps=run["video_steps"],
+                                            solver=run["solver"], guidance=float(run["guidance"]), seed=item["seed"],
+                                            video_seed=item["video_seed"], ef=float(item["ef"]))
             extra = {"View": run.get("view") or privacy.get("view") or "", "Weights": weights or None,
+                     "Generation": generation,
                      "Tau": f"{privacy['tau']:.6g}" if "tau" in privacy else None, "Seed": item.get("seed"),
                      "VideoSeed": item.get("video_seed"),
                      "MaxSimilarity": f"{item['max_similarity']:.6f}" if "max_similarity" in item else None}

@@ -99,8 +99,9 @@ class EchoFlowPrivacyGate:
         if not passed:
             raise EchoFlowPrivacyGateError(
                 "privacy gate: no latent passed, nothing is released.\n" + summary
-                + "\nTry other seeds or a larger batch (more candidates). Do not raise tau to get through: it "
-                "is the threshold these weights were calibrated at."
+                + "\nTry other seeds or a larger batch (more candidates). Do not raise tau above the calibrated "
+                f"value ({info.get('calibrated_tau', 'see gates.json')}) to get through: below it these latents "
+                "would re-identify training patients."
             )
         out = select_items(latents, passed)
         out["privacy"] = info

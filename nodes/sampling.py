@@ -99,7 +99,8 @@ class EchoFlowSampleImage:
 
         z = torch.cat(run_in_chunks(batch_size, batch_size, run, "sampling"))
         latents = make_latent(z, view=view, seeds=[seed + i for i in range(batch_size)],
-                              image_steps=steps, solver=solver, masked=mask is not None, lifm_model=lifm.name)
+                              image_steps=steps, solver=solver, masked=mask is not None, lifm_model=lifm.name,
+                              lifm_id=getattr(lifm.module, "fingerprint", None))
         ui = {}
         if vae is not None:
             ui["images"] = save_preview(make_pipeline(vae=vae).decode(z))
@@ -181,7 +182,7 @@ class EchoFlowAnimate:
         meta = {k: v for k, v in latents.items() if k != "samples"}
         meta.update(ef=[float(ef)] * b, video_seeds=[seed + i for i in range(b)], video_steps=steps,
                     guidance=float(guidance), solver=solver, ef_category=ef_category(float(ef)),
-                    lvfm_model=lvfm.name)
+                    lvfm_model=lvfm.name, lvfm_id=getattr(lvfm.module, "fingerprint", None))
         return {"ui": {"ef": [float(ef)], "ef_category": [ef_category(float(ef))], "guidance": [guidance],
                        "text": [f"EF {float(ef):g} % ({ef_category(float(ef))}), guidance {guidance:g}"]},
                 "result": (make_latent(video, **meta), float(ef))}

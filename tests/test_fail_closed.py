@@ -167,7 +167,7 @@ def test_appending_to_a_real_dataset_keeps_the_original_and_marks_every_row(tmp_
     with pytest.raises(EchoNetFormatError, match="has no column"):
         append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1})
     assert _tree(real) == before
-    rec, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"},
+    rec, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "Generation": "g1"},
                                     add_missing_columns=True)
     assert written and rec.extra["Source"] == "EchoFlow"
     assert (real / "FileList.original.csv").read_bytes() == before["FileList.csv"]
@@ -176,11 +176,14 @@ def test_appending_to_a_real_dataset_keeps_the_original_and_marks_every_row(tmp_
     assert [r.extra["Source"] for r in rows] == ["", "", "EchoFlow"]  # the real rows stay unmarked
     for name in ("0X1A", "0X1B", "NOT_LISTED"):  # user videos untouched
         assert (real / "Videos" / f"{name}.avi").read_bytes() == before[f"Videos/{name}.avi"]
-    # the same generation (weights, seeds, EF) is never written twice, whatever the name
-    again, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"})
+    # the same generation is never written twice, whatever the name: same key, or byte-identical frames
+    other_frames = np.full((4, 16, 16), 91, np.uint8)
+    again, written = append_synthetic(real, other_frames, 32.0, 50.0, "TRAIN", {"Seed": 1, "Generation": "g1"})
     assert not written and again.file_name == rec.file_name and len(read_filelist(real)) == 3
-    other, written = append_synthetic(real, frames, 32.0, 51.0, "TRAIN", {"Seed": 1, "VideoSeed": 1, "Weights": "w"})
-    assert written and other.file_name != rec.file_name  # another EF is another generation
+    same_frames, written = append_synthetic(real, frames, 32.0, 50.0, "TRAIN", {"Seed": 2, "Generation": "g2"})
+    assert not written and same_frames.file_name == rec.file_name
+    other, written = append_synthetic(real, other_frames, 32.0, 51.0, "TRAIN", {"Seed": 1, "Generation": "g3"})
+    assert written and other.file_name != rec.file_name and len(read_filelist(real)) == 4
 
 
 def test_generate_dataset_rows_record_seed_tau_and_weights(tiny_root, tmp_path):
@@ -478,7 +481,7 @@ def test_writer_journal_is_the_only_licence_to_delete(tmp_path):
     frames = np.full((4, 16, 16), 80, np.uint8)
     with echonet.EchoNetWriter(tmp_path, ("Seed",), codec="ffv1") as w:
         w.add("A", frames, 30, ef=50, esv=1, edv=2, split="TRAIN", extra={"Seed": "1"})
-    assert (tmp_path / echonet.JOURNAL_NAME).read_text() == "A\n"
+    assert (tmp_path / echonet.JOURNAL_NAME).read_text() == ""  # cleared once A's row is written
     user = tmp_path / "Videos" / "B.avi"
     user.write_bytes(b"a user's file")
     with echonet.EchoNetWriter(tmp_path, ("Seed",)) as w:
@@ -523,3 +526,103 @@ def test_activation_estimates_scale_with_the_work(tiny_root):
     assert activation_bytes(released, 1) > 10 * activation_bytes(demo_lvfm, 1)
     with pytest.raises(ValueError, match="no activation-memory estimate"):
         activation_bytes(torch.nn.Linear(2, 2), 1)
+
+
+# ------------------------------------------------------------------------ found by the adversarial review
+def _dataset_argv(tiny_root, out, *extra):
+    return ["generate-dataset", "--weights", str(tiny_root), "--out", str(out), "--image-steps", "1", "--video-steps",
+            "1", "--batch-size", "2", "--quiet", "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_other_settings_are_other_generations_not_duplicates(tiny_root, tmp_path):
+    out = tmp_path / "ds"
+    assert main(_dataset_argv(tiny_root, out, "--count", "2")) == 0
+    assert main(_dataset_argv(tiny_root, out, "--count", "2", "--view", "PSAX", "--prefix", "psax")) == 0
+    rows = read_filelist(out)
+    assert len(rows) == 4 and sorted(r.extra["View"] for r in rows) == ["A4C", "A4C", "PSAX", "PSAX"]
+    assert len({r.extra["Generation"] for r in rows}) == 4
+
+
+def test_a_user_file_with_a_name_the_run_needs_is_refused_up_front(tiny_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ds"
+    assert main(_dataset_argv(tiny_root, out, "--count", "1")) == 0
+    (out / "Videos" / "synth_0000002.avi").write_bytes(b"mine")
+    before = _tree(out)
+    monkeypatch.setattr(EchoFlowPipeline, "from_folder", lambda *a, **k: pytest.fail("models loaded"))
+    assert main(_dataset_argv(tiny_root, out, "--count", "3")) == 2
+    assert "synth_0000002.avi" in capsys.readouterr().err and _tree(out) == before
+
+
+def test_dataset_device_and_links_are_checked_before_anything_is_created(tiny_root, tmp_path, capsys):
+    out = tmp_path / "ds"
+    if not torch.cuda.is_available():
+        argv = ["generate-dataset", "--weights", str(tiny_root), "--out", str(out), "--count", "1", "--device", "cuda"]
+        assert main(argv) == 2
+        assert "--device cuda" in capsys.readouterr().err and not out.exists()
+    link = tmp_path / "dangling.mp4"
+    link.symlink_to(tmp_path / "nowhere.mp4")
+    assert main(["generate", "--weights", str(tiny_root), "--out", str(link), "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err and link.is_symlink() and not (tmp_path / "nowhere.mp4").exists()
+
+
+def test_append_to_a_real_dataset_changes_nothing_when_the_models_fail(tiny_root, tmp_path, capsys):
+    import shutil
+
+    real = tmp_path / "real"
+    before = _real_dataset(real)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_root, broken)
+    (broken / "assets" / "scaling.pt").unlink()
+    assert main(_dataset_argv(broken, real, "--count", "1", "--append-to-existing")) == 2
+    assert _tree(real) == before
+
+
+def test_a_journalled_name_never_deletes_a_user_file_of_another_case(tmp_path):
+    frames = np.full((4, 16, 16), 80, np.uint8)
+    (tmp_path / "Videos").mkdir()
+    (tmp_path / "Videos" / "A.AVI").write_bytes(b"a user's file")
+    (tmp_path / echonet.JOURNAL_NAME).write_text("A\n")  # an interrupted write of ours named A
+    with echonet.EchoNetWriter(tmp_path, ("Seed",), codec="ffv1") as w:
+        assert w.removed_orphans == [] and [p.name for p in w.foreign_files] == ["A.AVI"]
+        w.add("B", frames, 30, ef=50, esv=1, edv=2, split="TRAIN", extra={"Seed": "1"})
+    assert (tmp_path / "Videos" / "A.AVI").read_bytes() == b"a user's file"
+
+
+def test_small_print_of_the_gate(tiny_root, tmp_path, capsys):
+    import shutil
+
+    assert decide_tau(0.979138, 0.9791376051789112).tau == pytest.approx(0.9791376051789112)  # as printed
+    assert decide_tau(np.float32(0.5), 0.979).tau == pytest.approx(0.5)
+    (tmp_path / "gates.json").write_text('{"A4C": {"reid": "r", "banks": ["b.pt"]}, "A4C": {"reid": "r", "banks": '
+                                         '["b.pt"], "tau": 1.0}}')
+    with pytest.raises(GateConfigError, match="A4C appear"):
+        gate_spec(tmp_path, "A4C")
+    gate = load_gate(gate_spec(tiny_root, "A4C"))
+    with pytest.raises(ValueError, match="constant"):
+        PrivacyGate(gate.reid, torch.cat([gate.bank, torch.full((1, 128), 0.5)]), latent_shape=(4, 28, 28))
+    for bad in (torch.zeros(1, 4, 28, 28, dtype=torch.int64), torch.zeros(1, 4, 28, 28, dtype=torch.complex64)):
+        with pytest.raises(ValueError, match="floating-point"):
+            gate.check(bad)
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    gates = json.loads((root / "gates.json").read_text())
+    gates["A4C"]["latent_shape"] = [4, 14, 14]
+    (root / "gates.json").write_text(json.dumps(gates))
+    assert main(["info", str(root)]) == 2
+    assert "judges latents [4, 14, 14] but lifm/tiny makes [4, 28, 28]" in capsys.readouterr().err
+    with pytest.raises(GateConfigError, match=r"judges latents \[4, 14, 14\]"):
+        EchoFlowPipeline.from_folder(root, views=["a4c"])
+    (root / "assets" / "scaling.pt").unlink()
+    gates["A4C"]["latent_shape"] = [4, 28, 28]
+    (root / "gates.json").write_text(json.dumps(gates))
+    assert main(["info", str(root)]) == 2 and "scaling.pt is missing" in capsys.readouterr().err
+
+
+def test_masks_and_frames_that_guide_or_show_nothing_are_refused(M, comfy_env):
+    with pytest.raises(ValueError, match="empty after preparation"):
+        preprocess_mask(np.zeros((112, 112), np.uint8), 28)
+    with pytest.raises(ValueError, match="full after preparation"):
+        preprocess_mask(np.ones((28, 28), np.float32), 28)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        M["EchoFlowSaveVideo"]().save(torch.full((2, 8, 8, 3), float("nan")), "x", 8.0, "mp4")
+    assert not list(comfy_env.rglob("*.mp4"))

@@ -371,9 +371,9 @@ def test_interrupt_stops_sampling_within_a_step(M, models, bridge):
 
 
 # ---------------------------------------------------------------------------------------- outputs
-def _video_images(M, models, n=2):
+def _video_images(M, models, n=2, seed=3):
     """Sample -> privacy gate -> animate -> decode: frames and their video_info."""
-    lat = sample(M, models, batch_size=n)["result"][0]
+    lat = sample(M, models, batch_size=n, seed=seed)["result"][0]
     passed = M["EchoFlowPrivacyGate"]().check(models.gate, lat)["result"][0]
     assert passed["samples"].shape[0] == n
     video = M["EchoFlowAnimate"]().animate(models.lvfm, passed, 55.0, 1, "euler", 1.0, 0)["result"][0]
@@ -450,17 +450,29 @@ def test_save_echonet_dataset_is_resume_safe(M, models, env):
     assert rows[0].ef == 42.5 and rows[0].number_of_frames == 8 and rows[0].split == "TRAIN"
     assert rows[1].extra["MaxSimilarity"] == "0.250000" and rows[0].extra["View"] == "A4C"
     before = (Path(root) / "Videos" / "synth_00001.avi").read_bytes()
-    _, total = node.save(images[:8], 60.0, "echoflow/ds", "VAL", 32.0, "synth")["result"]
+    # re-queued: the same generations are not written again
+    _, total = node.save(images, 60.0, "echoflow/ds", "TRAIN", 32.0, "synth", info)["result"]
+    assert total == 2
+    # a new generation (another seed) gets the next free name; finished files are untouched
+    images2, info2 = _video_images(M, models, seed=11)
+    _, total = node.save(images2[:8], 60.0, "echoflow/ds", "VAL", 32.0, "synth",
+                         dict(info2, videos=1, items=info2["items"][:1]))["result"]
     assert total == 3
     rows = read_filelist(root)
-    assert rows[2].file_name == "synth_00003" and rows[2].split == "VAL" and rows[2].ef == 60.0
+    assert rows[2].file_name == "synth_00003" and rows[2].split == "VAL" and rows[2].ef == 55.0
+    assert rows[2].extra["Seed"] == str(info2["items"][0]["seed"]) and rows[2].extra["Generation"]
     assert (Path(root) / "Videos" / "synth_00001.avi").read_bytes() == before
+    # frames without a privacy verdict never enter a synthetic dataset
+    with pytest.raises(ValueError, match="only videos that passed the privacy gate"):
+        node.save(images[:8].flip(2), 60.0, "echoflow/ds", "VAL", 32.0, "synth")
     for bad in ("a/b", "../evil", ".hidden", "a b"):
         with pytest.raises(ValueError, match="name_prefix"):
-            node.save(images[:8], 60.0, "echoflow/ds", "VAL", 32.0, bad)
+            node.save(images[:8], 60.0, "echoflow/ds", "VAL", 32.0, bad, info)
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        node.save(images, 60.0, "echoflow/ds", "VAL", float("nan"), "synth", info)
     assert len(read_filelist(root)) == 3
     with pytest.raises(ValueError, match="outside"):
-        node.save(images[:8], 60.0, "/etc", "VAL", 32.0, "x")
+        node.save(images, 60.0, "/etc", "VAL", 32.0, "x", info)
 
 
 class TinyEF(torch.nn.Module):

@@ -32,7 +32,7 @@ def test_view_and_mask_condition_the_lifm(pipe):
     with pytest.raises(ValueError, match="unknown view 'XYZ'"):
         pipe.sample_images("XYZ", steps=1)
     with pytest.raises(ValueError, match="got 2 masks for a batch of 3"):
-        pipe.sample_images("A4C", mask=np.zeros((2, 112, 112)), steps=1, batch_size=3)
+        pipe.sample_images("A4C", mask=np.stack([mask, mask]), steps=1, batch_size=3)
 
 
 def test_mask_preprocessing_follows_the_reference():
@@ -41,7 +41,8 @@ def test_mask_preprocessing_follows_the_reference():
     out = preprocess_mask(mask, 28)
     assert out.shape == (1, 1, 28, 28) and set(out.unique().tolist()) == {0.0, 1.0}
     assert 0.1 < out.mean().item() < 0.4
-    assert preprocess_mask(np.zeros((112, 112)), 28).sum() == 0
+    with pytest.raises(ValueError, match="empty after preparation"):  # a blank mask guides nothing: refused
+        preprocess_mask(np.zeros((112, 112)), 28)
     latent = torch.zeros(1, 1, 28, 28)
     latent[..., 3:9, 3:9] = 0.7
     assert preprocess_mask(latent, 28).sum().item() == 36  # latent size: binarised only

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoflow_models import headless
+from echoflow_models import dataset_maker, headless
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
@@ -327,8 +327,12 @@ def test_generate_dataset_resumes_without_touching_finished_videos(gen, tmp_path
     assert len(rows) == 5 and len({row.file_name for row in rows}) == 5
     for name, mtime in first.items():
         assert (out / "Videos" / f"{name}.avi").stat().st_mtime_ns == mtime
-    code, printed, _ = gen(out, "--count", "5", "--ef-range", "30", "50")
-    assert code == 0 and "already complete" not in printed and len(read_filelist(out)) == 5
+    code, _, err = gen(out, "--count", "5", "--ef-range", "30", "50", "--val-frac", "0.5")
+    assert code == 0 and len(read_filelist(out)) == 5
+    # another split (or seed, tau, EF range, steps, weights) under the same prefix would mix two datasets
+    code, _, err = gen(out, "--count", "6", "--ef-range", "30", "50")
+    assert code == 2 and "made with other settings" in err and "val_frac: 0.5 -> 0.0" in err
+    assert len(read_filelist(out)) == 5
 
 
 def test_generate_dataset_shards_across_ranks(gen, tmp_path):
@@ -356,13 +360,13 @@ def test_generate_dataset_stops_when_the_gate_rejects_everything(gen, tmp_path):
 
 
 def test_candidate_helpers_are_deterministic():
-    assert headless.candidate_ef(5, 20, 80) == headless.candidate_ef(5, 20, 80)
-    assert 20 <= headless.candidate_ef(7, 20, 80) <= 80
-    assert sum(headless.rank_quota(10, r, 3) for r in range(3)) == 10
-    splits = [headless.candidate_split(i, 0.1, 0.1) for i in range(2000)]
+    assert dataset_maker.candidate_ef(5, 20, 80) == dataset_maker.candidate_ef(5, 20, 80)
+    assert 20 <= dataset_maker.candidate_ef(7, 20, 80) <= 80
+    assert sum(dataset_maker.rank_quota(10, r, 3) for r in range(3)) == 10
+    splits = [dataset_maker.candidate_split(i, 0.1, 0.1) for i in range(2000)]
     assert 120 < splits.count("VAL") < 280 and 120 < splits.count("TEST") < 280
     assert set(splits) == {"TRAIN", "VAL", "TEST"}
-    assert headless.candidate_split(17, 0.1, 0.1) == splits[17]  # a pure function of the index
-    assert headless.candidate_split(5, 0.0, 0.0) == "TRAIN"  # no VAL / TEST share: everything trains
-    efs = [headless.candidate_ef(i, 20, 80) for i in range(200)]
+    assert dataset_maker.candidate_split(17, 0.1, 0.1) == splits[17]  # a pure function of the index
+    assert dataset_maker.candidate_split(5, 0.0, 0.0) == "TRAIN"  # no VAL / TEST share: everything trains
+    efs = [dataset_maker.candidate_ef(i, 20, 80) for i in range(200)]
     assert min(efs) < 30 and max(efs) > 70 and len(set(efs)) > 150  # spread over the range, not one value
