@@ -1,4 +1,4 @@
-"""Peer implementations for `echoflow bench`, built with the same weights as this project's models.
+"""Peer implementations for `python -m bench`, built with the same weights as this project's models.
 
 * LIFM: diffusers' `DiTTransformer2DModel` (the reference `SegDiTTransformer2DModel` is that class with the
   LV-mask channel concatenated before patch embedding, so a DiT with `in_channels = 5` holds the same state
@@ -10,7 +10,7 @@
   embedded in one call, Pearson correlation as one matrix product.
 
 diffusers is a bench-only dependency (`pip install -e ".[bench]"`); this module is loaded by path from
-`echoflow_models.bench` and is never imported by the runtime package.
+`bench.suite` and is never imported by the runtime package.
 """
 
 from __future__ import annotations

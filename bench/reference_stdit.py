@@ -1,4 +1,4 @@
-"""A textbook STDiT (EchoFlow's `DiffuserSTDiT`), the peer path of `echoflow bench` for the LVFM.
+"""A textbook STDiT (EchoFlow's `DiffuserSTDiT`), the peer path of `python -m bench` for the LVFM.
 
 Written from the architecture description in the project's spec (sections 2.4 and 3), on purpose without
 any optimisation, the way the reference runs: float32, eager attention (scores materialised, softmax in

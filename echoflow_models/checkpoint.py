@@ -35,7 +35,7 @@ REID_WEIGHTS_NAME = "backbone.safetensors"
 DIFFUSERS_VERSION = "0.30.3"
 REID_CLASS = "ReID"
 # Optional, beside a video model's config: sampling defaults measured for that model (not part of the
-# release; `echoflow tune-guidance` writes it). Only "guidance" is read.
+# release; `python -m research tune-guidance` writes it). Only "guidance" is read.
 SAMPLING_NAME = "sampling.json"
 MAX_GUIDANCE = 20.0
 
@@ -192,7 +192,7 @@ def read_recommended_guidance(folder: str | Path) -> float | None:
     value = data.get("guidance") if isinstance(data, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= MAX_GUIDANCE:
         raise CheckpointError(f"{path}: \"guidance\" must be a number in [0, {MAX_GUIDANCE:g}], got {value!r}; "
-                              "fix or delete the file (`echoflow tune-guidance --write` re-creates it)")
+                              "fix or delete the file (`python -m research tune-guidance --write` re-creates it)")
     return float(value)
 
 

@@ -26,13 +26,13 @@ from .options import (
     check_output_file,
     check_positive,
     require,
+    run_command,
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Modules that contribute sub-commands through `add_subcommands(subparsers)`.
-SUBCOMMAND_MODULES = ("echoflow_models.dataset_maker", "echoflow_models.train", "echoflow_models.evaluate",
-                      "echoflow_models.bench", "echoflow_models.headless")
+SUBCOMMAND_MODULES = ("echoflow_models.dataset_maker", "echoflow_models.train")
 
 
 def pick_device(name: str) -> torch.device:
@@ -314,22 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except UsageError as exc:  # before any compute: one line, status 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # CheckpointError and friends carry their own explanation
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Every option checked before any model loads (UsageError: exit status 2)."""
     from .checkpoint import MAX_GUIDANCE
     from .cli import check_tau_option
-    from .echonet import check_name_prefix
     from .sampling import check_seed
+    from .synthetic_dataset import check_name_prefix
 
     check_count(args.count, "--count", 1, MAX_COUNT)
     lo, hi = args.ef_range
@@ -150,8 +150,9 @@ def check_args(args: argparse.Namespace) -> None:
 def check_out_folder(out: Path, args: argparse.Namespace) -> list[Path]:
     """The dataset folder inspected read-only: writable (or creatable), ours or opted into, no user file in
     the way of a name this run writes. Returns the user's videos, which are left alone."""
-    from .echonet import SYNTHETIC_COLUMNS, EchoNetFormatError, check_dataset_folder
+    from .echonet import EchoNetFormatError
     from .options import check_writable_target
+    from .synthetic_dataset import SYNTHETIC_COLUMNS, check_dataset_folder
 
     check_writable_target(out, "--out")
     try:
@@ -210,8 +211,8 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     import torch
 
     from .cli import pick_device
-    from .echonet import append_synthetic, generation_key
     from .pipeline import EchoFlowPipeline
+    from .synthetic_dataset import append_synthetic, generation_key
 
     check_args(args)
     lo, hi = args.ef_range

@@ -30,6 +30,9 @@ rows that were there, so that every appended row is marked.
 Names already in the CSV are never rewritten (:meth:`EchoNetWriter.add` skips them), so re-running a
 generator with the same arguments completes a dataset without duplicating or touching finished entries;
 :meth:`EchoNetWriter.find` finds a row by its extra columns (e.g. the same seed and EF) to skip duplicates.
+
+Longer than 600 lines: the layout's reader, its crash-safe writer (journal, tail repair, locking) and the
+phantom dataset writer share one set of parsing and recovery rules; split apart, each would need the others' internals.
 """
 
 from __future__ import annotations
@@ -632,112 +635,6 @@ def open_writer(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-# Columns of a synthetic dataset (generate-dataset and the Save EchoNet Dataset node): where every row comes
-# from, the privacy verdict it passed, and what identifies its generation, so it is never written twice.
-SYNTHETIC_COLUMNS = ("Source", "View", "MaxSimilarity", "Tau", "Seed", "VideoSeed", "Weights", "Generation",
-                     "ContentHash")
-SYNTHETIC_SOURCE = "EchoFlow"
-
-
-def generation_key(**settings: object) -> str:
-    """A short hash of everything that decides a generated video (weights fingerprints, view, steps, solver,
-    guidance, seeds, EF, mask): equal keys mean the same video, whoever made it (CLI or node)."""
-    import hashlib
-    import json
-
-    text = json.dumps({k: v for k, v in settings.items() if v is not None}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def content_hash(frames: np.ndarray) -> str:
-    """A short hash of a video's frames: byte-identical videos are never written twice."""
-    import hashlib
-
-    array = np.ascontiguousarray(frames)
-    return hashlib.sha256(str(array.shape).encode() + array.tobytes()).hexdigest()[:20]
-
-
-def check_name_prefix(prefix: str, what: str = "prefix") -> str:
-    """A file-name prefix for ``<prefix>_<n>`` names: no folders, no dots in front, EchoNet-safe characters."""
-    if not isinstance(prefix, str) or not _NAME_RE.match(prefix) or "." in prefix:
-        raise ValueError(f"{what} {prefix!r} must be letters, digits, '_' or '-' (no folders, dots or spaces)")
-    return prefix
-
-
-def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], *, add_missing_columns: bool = False,
-                         reserved: re.Pattern | None = None) -> list[Path]:
-    """Everything a writer would refuse, checked without writing anything: a FileList without the columns
-    (unless opted in), a FileList that does not parse, user videos whose names match `reserved` (names the
-    caller will write). Returns the user's videos (not in FileList.csv), which are left alone."""
-    root = Path(root).expanduser()
-    csv_path, videos = root / FILELIST_NAME, root / VIDEOS_DIR
-    rows: set[str] = set()
-    if csv_path.is_file():
-        raw = csv_path.read_bytes()
-        probe = EchoNetWriter.__new__(EchoNetWriter)  # only its read-only header check
-        probe.csv_path, probe.add_missing_columns = csv_path, add_missing_columns
-        probe._missing_columns(raw, extra_columns)
-        text = raw.decode("utf-8-sig")
-        cut = text.rfind("\n") + 1 if not text.endswith("\n") else len(text)  # a half-written last row is ours
-        rows = {r.file_name for r in _parse_filelist_text(text[:cut] or text, csv_path)[1]}
-    journal = root / JOURNAL_NAME
-    ours = {f"{line.strip()}.avi" for line in journal.read_text(errors="replace").splitlines()} if journal.is_file() else set()
-    foreign = []
-    if videos.is_dir():
-        foreign = sorted(p for p in videos.iterdir() if p.suffix.lower() == ".avi" and not video_io.is_partial_file(p)
-                         and not (p.suffix == ".avi" and p.stem in rows) and p.name not in ours)
-        if not csv_path.is_file() and foreign:
-            raise EchoNetFormatError(
-                f"{videos} already holds {len(foreign)} video(s) but {csv_path} is missing; this folder was not "
-                "made by this tool. Use an empty folder, or restore FileList.csv"
-            )
-    clash = [p.name for p in foreign if reserved is not None and reserved.match(p.stem)]
-    if clash:
-        raise EchoNetFormatError(
-            f"{videos} holds {len(clash)} video(s) not in FileList.csv whose names this run would use "
-            f"({', '.join(clash[:5])}{', ...' if len(clash) > 5 else ''}); they are not this tool's to replace. Move "
-            "them away, or choose another prefix"
-        )
-    return foreign
-
-
-def append_synthetic(
-    root: str | os.PathLike,
-    frames: np.ndarray,
-    fps: float,
-    ef: float,
-    split: str,
-    extra: dict,
-    *,
-    name: str | None = None,
-    prefix: str = "synth",
-    add_missing_columns: bool = False,
-    timeout: float = 300.0,
-) -> tuple[EchoNetRecord, bool]:
-    """Append one generated video to a synthetic dataset, holding the lock only while writing.
-
-    `extra` fills `SYNTHETIC_COLUMNS` (Source defaults to EchoFlow, ContentHash is computed). If a row with
-    the same `Generation` key (see `generation_key`) or the same frames exists, nothing is written: returns
-    (that row, False). Else (new row, True). `name` None: the next free ``<prefix>_<n>``.
-    """
-    extra = {"Source": SYNTHETIC_SOURCE, **{k: v for k, v in extra.items() if v is not None},
-             "ContentHash": content_hash(frames)}
-    unknown = sorted(set(extra) - set(SYNTHETIC_COLUMNS))
-    if unknown:
-        raise ValueError(f"append_synthetic: unknown column(s) {', '.join(unknown)}; use {SYNTHETIC_COLUMNS}")
-    with open_writer(root, SYNTHETIC_COLUMNS, timeout=timeout, add_missing_columns=add_missing_columns) as writer:
-        same = writer.find(ContentHash=extra["ContentHash"])
-        if same is None and extra.get("Generation"):
-            same = writer.find(Generation=extra["Generation"])
-        if same is not None:
-            return same, False
-        name = name or writer.next_free_name(check_name_prefix(prefix))
-        if name in writer:
-            return writer.get(name), False
-        rec = writer.add(name, frames, fps, ef=ef, esv=float("nan"), edv=float("nan"), split=split, extra=extra)
-    return rec, True
 
 
 # --------------------------------------------------------------------------------------------------- #

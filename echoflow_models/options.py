@@ -19,6 +19,24 @@ class UsageError(ValueError):
     """A command-line option that cannot work; the message names it and says what to do instead."""
 
 
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen sub-command's `func(args)`, the same way for every entry point
+    (`echoflow`, `python -m headless|bench|research`): a user error or unusable weights/files is one line on
+    stderr and status 2 (`UsageError` before any compute), Ctrl-C is status 130, never a traceback."""
+    import sys
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        # RuntimeError: CheckpointError, PrivacyGateError's kin, ... carry their own explanation
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 # ------------------------------------------------------------------------------------------- numbers
 def require(condition: bool, message: str) -> None:
     if not condition:

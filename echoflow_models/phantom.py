@@ -45,6 +45,9 @@ short-axis mask area ``A_sax`` and the model's long-axis length ``L`` at that ph
 ``c`` exactly as in the apical views (:func:`lv_volume_short_axis`). The ES contraction ``c`` is found by
 bisection on the EF measured from the *rendered* ED and ES masks, so the reported EF is a measurement of
 the masks and matches the requested EF to a fraction of a point.
+
+Longer than 600 lines: it is one physical model (anatomy, cardiac motion, speckle and the scan-converted
+rendering), whose parts share the same geometry; split by part, every file would import every other.
 """
 
 from __future__ import annotations

@@ -204,13 +204,8 @@ class EchoFlowSaveEchoNetDataset:
 
     def save(self, images, ef, dataset_dir, split, fps, name_prefix, video_info=None, append_to_existing=False):
         from echoflow_models.conventions import check_ef
-        from echoflow_models.echonet import (
-            EchoNetFormatError,
-            append_synthetic,
-            check_name_prefix,
-            generation_key,
-            read_filelist,
-        )
+        from echoflow_models.echonet import EchoNetFormatError, read_filelist
+        from echoflow_models.synthetic_dataset import append_synthetic, check_name_prefix, generation_key
 
         if split not in SPLITS:
             raise EchoFlowInputError(f"split must be one of {SPLITS}, got {split!r}")

@@ -1,9 +1,9 @@
 """How the shipped workflows' privacy gate judges real phantom frames, through the ComfyUI node classes.
 
-    python scripts/gate_node_check.py [--workflow workflows/api/echoflow_full_pipeline.json] [--threads 1]
+    python -m scripts.gate_node_check [--workflow workflows/api/echoflow_full_pipeline.json] [--threads 1]
 
 Training-patient frames (the patients the demo's anatomy bank was built from) and frames of new patients
-are rendered exactly as `echoflow evaluate` renders them (24 patients x 4 frames each, seed 0), encoded
+are rendered exactly as `python -m research evaluate` renders them (24 patients x 4 frames each, seed 0), encoded
 with the EchoFlow VAE Encode node and judged by the Privacy Gate node behind a Load Privacy Gate node set
 up with the workflow's own inputs. Prints the pass/reject counts per set, once with the workflow's tau and
 once with the release's 0.9997 (which a user must now opt into as looser than calibrated).
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from echoflow_models import headless
-from echoflow_models.evaluate import EVAL_NEW_PATIENT_SEED, EvalSizes, training_patients
+import headless
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.weights import bundled_weights_root
+from research.evaluate import EVAL_NEW_PATIENT_SEED, EvalSizes, training_patients
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@
 #    and the LIFM learns their first (end-diastolic) frames; about 3 h on 2 CPU cores, most of it the
 #    LVFM's 18000 steps, estimated from the stage times (docs/training.md);
 # 3. exports the released layout in float16;
-# 4. `echoflow tune-guidance --write`: chooses the LVFM's EF guidance on validation seeds (the lowest EF
+# 4. `python -m research tune-guidance --write`: chooses the LVFM's EF guidance on validation seeds (the lowest EF
 #    MAE of generated vs requested EF) and stores it beside the LVFM as sampling.json, its default guidance;
 # 5. replaces OUT only once everything succeeded.
 #
@@ -40,7 +40,7 @@ echo "work folder: $WORK (jobs $JOBS x threads $THREADS, device $DEVICE, steps s
 "$PY" -m echoflow_models train all --data "$WORK/data" --work "$WORK/runs" --out "$WORK/export" \
     --preset phantom --fp16 --jobs "$JOBS" --threads "$THREADS" --device "$DEVICE" --time-scale "$TIME_SCALE" \
     --steps-scale "$STEPS_SCALE" --seed 0
-"$PY" -m echoflow_models tune-guidance --weights "$WORK/export" --threads $(( JOBS * THREADS )) --quiet --write
+"$PY" -m research tune-guidance --weights "$WORK/export" --threads $(( JOBS * THREADS )) --quiet --write
 
 rm -rf "$OUT.new"
 mkdir -p "$(dirname "$OUT")"

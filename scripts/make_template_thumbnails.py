@@ -1,6 +1,6 @@
 """Thumbnails for the shipped workflow templates: `workflows/<name>.jpg`, made from what each workflow makes.
 
-    python scripts/make_template_thumbnails.py [--threads 1]
+    python -m scripts.make_template_thumbnails [--threads 1]
 
 ComfyUI's template browser shows `/api/workflow_templates/<pack>/<name>.jpg` for each `workflows/<name>.json`
 of a pack. Each thumbnail is rendered from a real in-process run of the workflow's API twin on the bundled
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from echoflow_models import headless
+import headless
 from echoflow_models.video_io import read_video
 
 ROOT = Path(__file__).resolve().parent.parent

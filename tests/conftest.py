@@ -52,6 +52,11 @@ def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     return run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "echoflow-reference"
+# The pack-level packages (headless, bench, research) are imported from the repository root, however pytest
+# was started; the installed library is only echoflow_models.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def reference_weight(key: str, like: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`echoflow bench` at tiny sizes: it runs, checks outputs against the peer code, and writes valid JSON.
+"""`python -m bench` at tiny sizes: it runs, checks outputs against the peer code, and writes valid JSON.
 
 Also guards the inference-only optimisations the bench measures (fused QKV cache, in-place residuals,
 CUDA-graph Euler loop): they must compute what the plain path computes.
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoflow_models import bench
-from echoflow_models.bench import BenchSettings, plan, run_bench, table
-from echoflow_models.cli import main
+from bench import suite as bench
+from bench.__main__ import main
+from bench.suite import BenchSettings, plan, run_bench, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def bench_parser():
 
 def test_cli_runs_every_stage_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--tiny", "--no-peer", "--quiet", "--json", str(out), "--measure-steps", "1",
+    code = main(["--tiny", "--no-peer", "--quiet", "--json", str(out), "--measure-steps", "1",
                  "--warmup-steps", "0", "--batches", "1"])
     assert code == 0
     report = json.loads(out.read_text())

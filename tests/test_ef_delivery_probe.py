@@ -1,4 +1,4 @@
-"""scripts/ef_delivery_probe.py: the statistics it prints and its phantom conditioning frames."""
+"""research/probes/ef_delivery_probe.py: the statistics it prints and its phantom conditioning frames."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ef_delivery_probe.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "research" / "probes" / "ef_delivery_probe.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`echoflow evaluate` on a tiny subset: every measure of the issue lands in the JSON with the seeds and sizes
+"""`python -m research evaluate` on a tiny subset: every measure of the issue lands in the JSON with the seeds and sizes
 used, the Markdown table is written, and bad weights fail with a clear message."""
 
 from __future__ import annotations
@@ -7,14 +7,17 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from echoflow_models.echonet import EchoNetWriter
-from echoflow_models.evaluate import EvalSizes, flicker_ef_coupling, frames_to_regressor_input, markdown_table
 from echoflow_models.weights import bundled_weights_root
+from research.evaluate import EvalSizes, flicker_ef_coupling, frames_to_regressor_input, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRED = {
     "vae": ("psnr_db", "ssim"),
@@ -27,10 +30,10 @@ REQUIRED = {
 
 def check_report(report: dict, sizes: EvalSizes, seed: int, work, table_text: str,
                  min_psnr: float | None = 10.0) -> None:
-    """What every `echoflow evaluate` report must hold, whatever its sizes: each measure of the issue as a
+    """What every `python -m research evaluate` report must hold, whatever its sizes: each measure of the issue as a
     float, the seeds and sizes used, and measures that agree with the datasets left in `work`."""
     from echoflow_models.echonet import read_filelist
-    from echoflow_models.evaluate import REQUESTED_EF_COLUMN, flicker_coupling, video_flicker
+    from research.evaluate import REQUESTED_EF_COLUMN, flicker_coupling, video_flicker
 
     for section, keys in REQUIRED.items():
         for key in keys:
@@ -73,6 +76,14 @@ def check_report(report: dict, sizes: EvalSizes, seed: int, work, table_text: st
     assert table_text.strip() == markdown_table(report)
 
 
+@pytest.fixture
+def research_cli(run_cli):
+    """run `python -m research ARGV` in-process."""
+    from research.__main__ import main as research_main
+
+    return lambda argv: run_cli(argv, main=research_main)
+
+
 @pytest.fixture(scope="module")
 def tiny_eval_root(tiny_root, tmp_path_factory):
     """The tiny reference checkpoints (8-frame LVFM) with a tiny EF regressor and the recipe of the phantom
@@ -97,9 +108,9 @@ def tiny_eval_root(tiny_root, tmp_path_factory):
 REDUCED = ["--train-videos", "2", "--test-videos", "2", "--regressor-steps", "1", "--regressor-seeds", "1"]
 
 
-def test_evaluate_command_writes_every_measure(tiny_eval_root, tmp_path, run_cli):
+def test_evaluate_command_writes_every_measure(tiny_eval_root, tmp_path, research_cli):
     out, table = tmp_path / "evaluation.json", tmp_path / "evaluation.md"
-    code, printed, err = run_cli(["evaluate", "--weights", tiny_eval_root, "--quick", "--quiet", "--threads", "1",
+    code, printed, err = research_cli(["evaluate", "--weights", tiny_eval_root, "--quick", "--quiet", "--threads", "1",
                                   "--guidance", "2", "--seed", "3", *REDUCED, "--out", out, "--markdown", table,
                                   "--work", tmp_path / "work"])
     assert code == 0, err
@@ -115,23 +126,23 @@ def test_evaluate_command_writes_every_measure(tiny_eval_root, tmp_path, run_cli
 def test_quick_evaluation_writes_every_measure(tmp_path):
     """The whole `--quick` evaluation as a user starts it (a separate process)."""
     out, table = tmp_path / "evaluation.json", tmp_path / "evaluation.md"
-    cmd = [sys.executable, "-m", "echoflow_models", "evaluate", "--quick", "--quiet", "--threads", "1",
+    cmd = [sys.executable, "-m", "research", "evaluate", "--quick", "--quiet", "--threads", "1",
            "--guidance", "2", "--seed", "3", "--out", str(out), "--markdown", str(table),
            "--work", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     sizes = EvalSizes(**{**EvalSizes.quick().__dict__, "guidance": 2.0})
     check_report(json.loads(out.read_text()), sizes, 3, tmp_path / "work", table.read_text())
 
 
-def test_evaluation_refuses_weights_without_an_ef_regressor(tmp_path, run_cli):
+def test_evaluation_refuses_weights_without_an_ef_regressor(tmp_path, research_cli):
     root = tmp_path / "weights"
     root.mkdir()
     for kind in ("vae", "lifm", "lvfm", "reid", "assets"):  # everything but ef/
         (root / kind).symlink_to(bundled_weights_root() / kind, target_is_directory=True)
     for name in ("gates.json", "training_data.json"):
         (root / name).symlink_to(bundled_weights_root() / name)
-    code, _, err = run_cli(["evaluate", "--quick", "--quiet", "--weights", root, "--out", tmp_path / "e.json"])
+    code, _, err = research_cli(["evaluate", "--quick", "--quiet", "--weights", root, "--out", tmp_path / "e.json"])
     assert code != 0
     assert "no EF regressor" in err
     assert not (tmp_path / "e.json").exists()
@@ -176,26 +187,26 @@ def _check_tuned(root, videos: int) -> None:
 TUNE = ["--candidates", "1,4", "--videos", "3", "--threads", "1", "--quiet", "--write"]
 
 
-def test_tune_guidance_writes_the_lowest_mae_choice_as_the_models_default(tiny_eval_root, tmp_path, run_cli):
-    """`echoflow tune-guidance --write` measures every candidate on the same validation seeds and stores
+def test_tune_guidance_writes_the_lowest_mae_choice_as_the_models_default(tiny_eval_root, tmp_path, research_cli):
+    """`python -m research tune-guidance --write` measures every candidate on the same validation seeds and stores
     the lowest-MAE one beside the video model, where the pipeline picks it up as its default (here with
     the tiny models; the slow test below runs the bundled demo weights in a process of their own)."""
     root = _private_lvfm_root(tmp_path, tiny_eval_root)
-    code, printed, err = run_cli(["tune-guidance", "--weights", root, *TUNE, "--image-steps", "1",
+    code, printed, err = research_cli(["tune-guidance", "--weights", root, *TUNE, "--image-steps", "1",
                                   "--video-steps", "1"])
     assert code == 0, err
     _check_tuned(root, 3)
     assert "best: guidance" in printed and "wrote" in printed
-    code, _, err = run_cli(["tune-guidance", "--weights", root, "--candidates", "1,x"])
+    code, _, err = research_cli(["tune-guidance", "--weights", root, "--candidates", "1,x"])
     assert code != 0 and "--candidates" in err
 
 
 @pytest.mark.slow
 def test_tune_guidance_command_in_its_own_process(tmp_path):
     root = _private_lvfm_root(tmp_path, bundled_weights_root())
-    cmd = [sys.executable, "-m", "echoflow_models", "tune-guidance", "--weights", str(root), *TUNE,
+    cmd = [sys.executable, "-m", "research", "tune-guidance", "--weights", str(root), *TUNE,
            "--image-steps", "2", "--video-steps", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_tuned(root, 3)
 
@@ -203,7 +214,7 @@ def test_tune_guidance_command_in_its_own_process(tmp_path):
 def test_tune_guidance_help_shows_percent_signs():
     import argparse
 
-    from echoflow_models.evaluate import add_subcommands
+    from research.evaluate import add_subcommands
 
     parser = argparse.ArgumentParser(prog="echoflow")
     sub = parser.add_subparsers()
@@ -226,7 +237,7 @@ def test_relabel_dataset_replaces_ef_and_keeps_the_requested_labels(tmp_path):
 
     from echoflow_models.echonet import read_filelist
     from echoflow_models.efnet import EFRegressor, EFRegressorConfig
-    from echoflow_models.evaluate import predict_ef, relabel_dataset
+    from research.evaluate import predict_ef, relabel_dataset
 
     root = _tiny_dataset(tmp_path / "ds")
     before = {r.file_name: r.ef for r in read_filelist(root)}
@@ -249,15 +260,15 @@ def test_relabel_dataset_replaces_ef_and_keeps_the_requested_labels(tmp_path):
     assert list(rows[0]).count("RequestedEF") == 1
 
 
-def test_relabel_dataset_cli_names_the_problem(tmp_path, run_cli):
-    code, _, err = run_cli(["relabel-dataset", tmp_path / "missing"])
+def test_relabel_dataset_cli_names_the_problem(tmp_path, research_cli):
+    code, _, err = research_cli(["relabel-dataset", tmp_path / "missing"])
     assert code != 0 and "missing" in err and "FileList.csv" in err
-    code, _, err = run_cli(["relabel-dataset", tmp_path, "--regressor", bundled_weights_root() / "vae" / "phantom-4f4"])
+    code, _, err = research_cli(["relabel-dataset", tmp_path, "--regressor", bundled_weights_root() / "vae" / "phantom-4f4"])
     assert code != 0 and "not an EF regressor" in err
 
 
 def test_mean_over_seeds_averages_and_keeps_each_run():
-    from echoflow_models.evaluate import mean_over_seeds
+    from research.evaluate import mean_over_seeds
 
     out = mean_over_seeds([{"mae": 4.0, "r2": 0.5}, {"mae": 8.0, "r2": 0.7}])
     assert out["mae"] == 6.0 and out["r2"] == pytest.approx(0.6)
@@ -289,7 +300,7 @@ def test_flicker_ef_coupling_reads_how_flicker_follows_the_labels(tmp_path):
 
 def test_training_patients_of_one_view_are_those_of_all_views_filtered(tmp_path):
     """Rendering only the asked view (the privacy evaluation's shortcut) gives the same patients, in order."""
-    from echoflow_models.evaluate import training_patients
+    from research.evaluate import training_patients
 
     recipe = {"num_patients": 4, "seed": 4, "views": ["A4C", "PSAX", "PLAX"], "split_fractions": [0.5, 0.5, 0.0]}
     (tmp_path / "training_data.json").write_text(json.dumps(recipe))

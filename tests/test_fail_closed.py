@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from echoflow_models import echonet, headless
+import headless
+from echoflow_models import echonet
 from echoflow_models.checkpoint import CheckpointError, load_model, load_tensor_asset
 from echoflow_models.cli import main
-from echoflow_models.echonet import EchoNetFormatError, append_synthetic, read_filelist
+from echoflow_models.echonet import EchoNetFormatError, read_filelist
 from echoflow_models.pipeline import EchoFlowPipeline, GenerationError, preprocess_mask
 from echoflow_models.privacy import (
     GateConfigError,
@@ -30,6 +31,7 @@ from echoflow_models.privacy import (
 )
 from echoflow_models.reid import PrivacyGate
 from echoflow_models.sampling import sample_flow
+from echoflow_models.synthetic_dataset import append_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,11 +134,15 @@ def test_generate_dataset_refuses_bad_options_before_any_compute(tiny_root, tmp_
     assert info.value.code == 2 and "invalid choice: 'XYZ'" in capsys.readouterr().err
 
 
-def test_the_torchrun_entry_reports_errors_like_the_cli(tmp_path, capsys):
+def test_the_torchrun_entry_reports_errors_like_the_cli(tmp_path):
+    """torchrun starts `python -m echoflow_models generate-dataset`: a bad weights root is one line, status 2."""
+    import subprocess
+    import sys
+
     argv = ["generate-dataset", "--weights", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--count", "1"]
-    assert headless.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: weights folder") and "does not exist" in err and "Traceback" not in err
+    proc = subprocess.run([sys.executable, "-m", "echoflow_models", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: weights folder"), proc.stderr
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
 
 
 def _real_dataset(folder: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoflow_models import headless
+import headless
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ("A4C", "PSAX", "PLAX")

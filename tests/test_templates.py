@@ -16,7 +16,7 @@ UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
 def test_every_template_has_a_real_thumbnail(path):
     # ComfyUI 0.33 lists <pack>/workflows/*.json and shows /api/workflow_templates/<pack>/<name>.jpg
     thumb = path.with_suffix(".jpg")
-    assert thumb.is_file(), f"{thumb.name} missing: run python scripts/make_template_thumbnails.py"
+    assert thumb.is_file(), f"{thumb.name} missing: run python -m scripts.make_template_thumbnails"
     assert thumb.stat().st_size < 64 * 1024
     with Image.open(thumb) as image:
         assert image.format == "JPEG" and image.size == (384, 256)

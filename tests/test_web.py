@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ needs_node = pytest.mark.skipif(NODE is None, reason="node (Node.js >= 18) is no
 def test_extension_files_are_where_comfyui_loads_them():
     import importlib
 
-    pack = importlib.import_module("echoflow_models.headless").load_pack(ROOT)
+    pack = importlib.import_module("headless").load_pack(ROOT)
     assert (ROOT / pack.WEB_DIRECTORY / "echoflow.js").is_file()
     main = (WEB / "echoflow.js").read_text()
     assert 'from "../../scripts/app.js"' in main and "app.registerExtension(" in main
@@ -38,7 +39,7 @@ def test_js_logic_under_node_test():
 @needs_node
 def test_js_ef_bands_match_python():
     sys.path.insert(0, str(ROOT))
-    from echoflow_models import headless
+    import headless
 
     headless.load_pack(ROOT)
     from echoflow_comfy_pack.nodes.common import ef_category
@@ -99,7 +100,10 @@ def test_js_readouts_read_what_the_nodes_send():
     r = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     kinds, tau, none = json.loads(r.stdout)
-    assert sorted(kinds) == ["EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
-                             "EchoFlowSaveVideo"]
+    assert sorted(kinds) == ["EchoFlowAnimate", "EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
+                             "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo"]
+    # every node with a readout sends the ui key its readout reads
+    M = importlib.import_module("headless").load_pack(ROOT).NODE_CLASS_MAPPINGS
+    assert set(kinds) <= set(M)
     assert tau == {"lines": ["τ 0.979 (calibrated, gates.json)"], "color": "#5cb85c"}
     assert none is None

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from echoflow_models import dataset_maker, headless
+import headless
+from echoflow_models import dataset_maker
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
@@ -306,7 +307,7 @@ def gen(tiny_root, run_cli, monkeypatch):
             for k, v in (env or {}).items():
                 m.setenv(k, v)
             return run_cli(["generate-dataset", "--weights", weights, "--out", out, "--image-steps", "1",
-                            "--video-steps", "1", "--batch-size", "2", "--quiet", *extra], main=headless.main)
+                            "--video-steps", "1", "--batch-size", "2", "--quiet", *extra])
 
     return run
 

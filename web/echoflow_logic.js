@@ -94,6 +94,10 @@ export function efEstimateLines(values, target) {
 export function savedVideoLines(info) {
   if (!info || !Array.isArray(info.files)) return [];
   const lines = info.files.map((f) => `saved ${f}`);
+  if (info.preview_only) {
+    const n = Number(info.videos) || 0;
+    lines.push(`preview only: ${n} video${n === 1 ? "" : "s"} shown, no file kept`);
+  }
   if (info.fps) lines.push(`${info.fps} fps`);
   return lines;
 }
@@ -114,6 +118,8 @@ export const READOUT_KINDS = {
   EchoFlowLoadPrivacyGate: "gate_tau",
   EchoFlowEstimateEF: "ef",
   EchoFlowSaveVideo: "video",
+  EchoFlowAnimate: "animate",
+  EchoFlowSaveEchoNetDataset: "text",
 };
 
 /**
@@ -136,6 +142,14 @@ export function readoutFromMessage(kind, message) {
     if (!Array.isArray(message.echoflow_ef)) return null;
     const lines = efEstimateLines(message.echoflow_ef, message.echoflow_ef_target?.[0]);
     return { lines: lines.length ? lines : ["no EF estimate"], color: null };
+  }
+  if (kind === "animate") {  // the EF and the guidance actually used (-1 resolves to the model's own value)
+    if (!Array.isArray(message.ef) || !Array.isArray(message.guidance)) return null;
+    return { lines: [`guidance ${message.guidance[0]} (EF ${message.ef[0]} %)`], color: null };
+  }
+  if (kind === "text") {
+    if (!Array.isArray(message.text) || message.text.length === 0) return null;
+    return { lines: String(message.text[0]).split("\n"), color: null };
   }
   if (kind === "video") {
     if (!Array.isArray(message.echoflow_video)) return null;

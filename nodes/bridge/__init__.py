@@ -3,7 +3,7 @@
 Every other module in ``nodes/`` goes through these functions, which use ComfyUI's ``folder_paths``,
 ``comfy.model_management``, ``comfy.model_patcher`` and ``comfy.utils`` when the pack runs inside ComfyUI,
 and fall back to plain behaviour (CPU, a configurable output folder, no progress bar) when it does not:
-in the unit tests, and in ``echoflow run`` without ``--server``.
+in the unit tests, and in ``python -m headless run`` without ``--server``.
 
 Model folders follow the released ``HReynaud/EchoFlow`` layout (``vae/<name>/``, ``lifm/<name>/``,
 ``lvfm/<name>/``, ``reid/<name>/``, ``ef/<name>/``, ``assets/*.pt``) under every ``echoflow`` model root:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from echoflow_models import headless
+import headless
 
 pytestmark = pytest.mark.comfyui
 

@@ -87,7 +87,8 @@ const GATE = { tau: 0.979, similarity: "pearson", items: [{ max_similarity: 0.5,
 
 test("readoutFromMessage reads each node's ui key and keeps the verdict colour", () => {
   assert.deepEqual(Object.keys(READOUT_KINDS).sort(),
-    ["EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate", "EchoFlowSaveVideo"]);
+    ["EchoFlowAnimate", "EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
+     "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo"]);
   const gate = readoutFromMessage("gate", { text: ["summary"], echoflow_gate: [GATE] });
   assert.deepEqual(gate.lines, ["1/1 passed · τ 0.979 (pearson)", "#0 PASS  max 0.500000  bank #3"]);
   assert.equal(gate.color, "#5cb85c");
@@ -170,4 +171,14 @@ test("pushDownBelow moves only the nodes a grown node would cover, in cascade", 
   // a node beside (starting within the grown node's title) is not moved
   const beside = [{ id: 1, x: 0, y: 0, w: 320, h: 300 }, { id: 2, x: 100, y: 20, w: 320, h: 50 }];
   assert.deepEqual(pushDownBelow(beside, 1), {});
+});
+
+test("Animate shows the guidance it used and Save Video says when nothing was kept", () => {
+  const animate = readoutFromMessage("animate", { ef: [55], guidance: [3], text: ["EF 55 % (normal), guidance 3"] });
+  assert.deepEqual(animate.lines, ["guidance 3 (EF 55 %)"]);
+  assert.equal(readoutFromMessage("animate", {}), null);
+  const preview = readoutFromMessage("video", { echoflow_video: [{ files: [], fps: 32, videos: 2, preview_only: true }] });
+  assert.deepEqual(preview.lines, ["preview only: 2 videos shown, no file kept", "32 fps"]);
+  const dataset = readoutFromMessage("text", { text: ["2 video(s) added to echoflow/ds (2 in FileList.csv)"] });
+  assert.deepEqual(dataset.lines, ["2 video(s) added to echoflow/ds (2 in FileList.csv)"]);
 });

@@ -1,4 +1,4 @@
-"""`echoflow evaluate`: what the (demo) weights can do, measured on held-out phantom patients.
+"""`python -m research evaluate`: what the (demo) weights can do, measured on held-out phantom patients.
 
 (a) A-VAE reconstruction PSNR / SSIM on frames of new patients;
 (b) EF fidelity: videos generated at requested EFs across 20-80 %, measured by the EF regressor trained
@@ -11,6 +11,9 @@
 (e) CPU generation time of one video.
 
 Every number comes from running the code here; the JSON records the seeds and sizes used.
+
+Longer than 600 lines: the evaluation report, guidance tuning and relabelling share the synthetic-dataset,
+regressor and privacy measurements they are built from.
 """
 
 from __future__ import annotations
@@ -29,15 +32,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import MAX_GUIDANCE, SAMPLING_NAME, load_model
-from .echonet import FILELIST_NAME, EchoNetWriter, load_echonet_videos, read_filelist, write_phantom_dataset
-from .efnet import EFRegressor
-from .metrics import psnr, regression_metrics, ssim, temporal_flicker
-from .phantom import PatientAnatomy, render_video
-from .pipeline import EchoFlowPipeline, PrivacyGateError
-from .progress import ProgressBar
-from .reid import select_tau, similarity_matrix
-from .weights import default_weights_root, find_model_folders
+from echoflow_models.checkpoint import MAX_GUIDANCE, SAMPLING_NAME, load_model
+from echoflow_models.echonet import (
+    FILELIST_NAME,
+    EchoNetWriter,
+    load_echonet_videos,
+    read_filelist,
+    write_phantom_dataset,
+)
+from echoflow_models.efnet import EFRegressor
+from echoflow_models.metrics import psnr, regression_metrics, ssim, temporal_flicker
+from echoflow_models.phantom import PatientAnatomy, render_video
+from echoflow_models.pipeline import EchoFlowPipeline, PrivacyGateError
+from echoflow_models.progress import ProgressBar
+from echoflow_models.reid import select_tau, similarity_matrix
+from echoflow_models.weights import default_weights_root, find_model_folders
 
 # Dataset seeds of the evaluation's own phantom patients; patient identities are hashed from
 # (dataset seed, index), so these never coincide with the demo training set's patients.
@@ -251,8 +260,8 @@ def relabel_dataset(root: Path, regressor: torch.nn.Module, regressor_name: str 
 
 
 def train_regressor(data: Path, out: Path, sizes: EvalSizes, seed: int, quiet: bool) -> torch.nn.Module:
-    from .train import ef as train_ef
-    from .train.common import namespace_for
+    from echoflow_models.train import ef as train_ef
+    from echoflow_models.train.common import namespace_for
 
     args = namespace_for(train_ef.add_args, data=str(data), out=str(out), steps=sizes.regressor_steps,
                          seed=seed, splits="TRAIN", quiet=quiet, overwrite=True, device="cpu")
@@ -501,7 +510,7 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
 
 
 def cmd_relabel_dataset(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
+    from echoflow_models.checkpoint import CheckpointError
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Train the synthetic-vs-real experiment's two arms again with another EF-regressor recipe.
 
-    python -m echoflow_models evaluate --work WORK ...          # keeps WORK/real and WORK/synthetic
-    python scripts/compare_regressor_recipes.py WORK --seeds 0,1 --set time_scale=0.6,1 --set rotate=10
+    python -m research evaluate --work WORK ...          # keeps WORK/real and WORK/synthetic
+    python -m research.probes.compare_regressor_recipes WORK --seeds 0,1 --set time_scale=0.6,1 --set rotate=10
 
 Each `--set NAME=VALUE` is a `train ef` option (underscores, as in `echoflow train ef --help`); the rest of
 the recipe and the sizes are the evaluation's (600 steps). Prints each arm's MAE / r / bias per seed on the
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from echoflow_models.checkpoint import load_model
-from echoflow_models.evaluate import predict_ef, test_set
 from echoflow_models.metrics import regression_metrics
 from echoflow_models.train import ef as train_ef
 from echoflow_models.train.common import namespace_for
+from research.evaluate import predict_ef, test_set
 
 
 def parse_option(text: str) -> tuple[str, object]:

@@ -1,7 +1,7 @@
 """How much the frame-to-frame jitter of latent videos follows the EF: real clips vs generated ones.
 
-    python -m echoflow_models evaluate --work WORK ...     # keeps WORK/real (phantom videos with EF labels)
-    python scripts/latent_jitter_vs_ef.py WORK --guidance 1,3 --videos 16
+    python -m research evaluate --work WORK ...     # keeps WORK/real (phantom videos with EF labels)
+    python -m research.probes.latent_jitter_vs_ef WORK --guidance 1,3 --videos 16
 
 Jitter is `metrics.temporal_flicker` on the scaled latents (the mean absolute difference between a frame and
 the 5-frame moving average around it), so it reads what the video model produces before the decoder. The
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from echoflow_models.echonet import load_echonet_videos
-from echoflow_models.evaluate import flicker_coupling
 from echoflow_models.metrics import temporal_flicker
 from echoflow_models.pipeline import EchoFlowPipeline
 from echoflow_models.weights import default_weights_root
+from research.evaluate import flicker_coupling
 
 # Seeds disjoint from those `evaluate` and `tune-guidance` use.
 IMAGE_SEED = 90_000
@@ -55,7 +55,7 @@ def main() -> int:
         raise SystemExit(f"error: --videos must be >= 3 for a correlation, got {args.videos}")
     real = args.work / "real"
     if not (real / "FileList.csv").is_file():
-        raise SystemExit(f"error: {real}/FileList.csv not found; run `echoflow evaluate --work {args.work}` first")
+        raise SystemExit(f"error: {real}/FileList.csv not found; run `python -m research evaluate --work {args.work}` first")
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = EchoFlowPipeline.from_folder(args.weights or default_weights_root(), views=["A4C"], device="cpu")

@@ -1,8 +1,8 @@
-"""`echoflow bench`: time every EchoFlow stage at released-like sizes, side by side with the peer code.
+"""`python -m bench`: time every EchoFlow stage at released-like sizes, side by side with the peer code.
 
-    echoflow bench --quick --threads 1                        # about 2 minutes on 2 cores
-    echoflow bench --device cuda --dtype fp32,bf16,fp16 --json bench.json
-    echoflow bench --stages lifm,vae --no-peer
+    python -m bench --quick --threads 1                        # about 2 minutes on 2 cores
+    python -m bench --device cuda --dtype fp32,bf16,fp16 --json bench.json
+    python -m bench --stages lifm,vae --no-peer
 
 Stages (the sizes of the release family; weights are random but identical in both paths):
 
@@ -29,6 +29,9 @@ differ beyond its tolerance reports no time. The machine (CPU model, vendor, phy
 AMX flags, torch build and threads) is printed with the results. The peer code is loaded from the
 repository's `bench/` folder (diffusers from the `bench` extra); it is never imported at run time, and
 a peer that cannot run is named as skipped.
+
+Longer than 600 lines: one benchmark script, read top to bottom: settings and cases, the timed runners with
+their peers, the machine description and the report; each part is small and used only here.
 """
 
 from __future__ import annotations
@@ -51,11 +54,11 @@ from pathlib import Path
 
 import torch
 
-from .sampling import sample_flow_cuda_graph, seeded_noise
+from echoflow_models.sampling import sample_flow_cuda_graph, seeded_noise
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGES = ("lifm", "reid", "lvfm", "vae")
-BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+BENCH_DIR = Path(__file__).resolve().parent  # bench/: the peers live beside this file
 SCHEMA = 1
 
 # Release-family sizes (spec 2.2 / 2.4; the S sizes are the ones of tests/fixtures/.../manifests.json).
@@ -243,20 +246,20 @@ def bench_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build_lifm(name: str):
-    from .checkpoint import build_model
+    from echoflow_models.checkpoint import build_model
 
     return bench_weights(build_model("SegDiTTransformer2DModel", {**LIFM_COMMON, **LIFM_MODELS[name]}))
 
 
 def build_lvfm(name: str, frames: int):
-    from .checkpoint import build_model
+    from echoflow_models.checkpoint import build_model
 
     cfg = {**LVFM_COMMON, **LVFM_MODELS[name], "input_size": [frames, 28, 28]}
     return bench_weights(build_model("DiffuserSTDiT", cfg))
 
 
 def build_vae(name: str):
-    from .checkpoint import build_model
+    from echoflow_models.checkpoint import build_model
 
     spec = VAE_MODELS[name]
     levels = len(spec["block_out_channels"])
@@ -267,14 +270,14 @@ def build_vae(name: str):
 
 def stub_vae(latent_channels: int = 4):
     """A one-level VAE only so that a pipeline can be built for the flow stages (never run)."""
-    from .checkpoint import build_model
+    from echoflow_models.checkpoint import build_model
 
     return build_model("AutoencoderKL", {"block_out_channels": [32], "latent_channels": latent_channels,
                                          "layers_per_block": 1}).eval()
 
 
 def make_scaler(channels: int):
-    from .scaling import LatentScaler
+    from echoflow_models.scaling import LatentScaler
 
     gen = torch.Generator().manual_seed(7)
     return LatentScaler(0.1 * torch.randn(channels, generator=gen), 0.5 + torch.rand(channels, generator=gen))
@@ -495,7 +498,7 @@ def _run_rounds(ctx: Context, case: Case, impls: list, run_once: Callable) -> tu
 
 
 def run_lifm(ctx: Context, case: Case) -> dict:
-    from .pipeline import EchoFlowPipeline
+    from echoflow_models.pipeline import EchoFlowPipeline
 
     s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
     lifm = build_lifm(case.model)
@@ -529,7 +532,7 @@ def run_lifm(ctx: Context, case: Case) -> dict:
 
 
 def run_lvfm(ctx: Context, case: Case) -> dict:
-    from .pipeline import EchoFlowPipeline
+    from echoflow_models.pipeline import EchoFlowPipeline
 
     s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
     lvfm = build_lvfm(case.model, case.frames)
@@ -542,8 +545,8 @@ def run_lvfm(ctx: Context, case: Case) -> dict:
 
     def ours(callback):
         if s.cuda_graphs and dev.type == "cuda":
-            from .pipeline import ef_fractions
-            from .sampling import guided_velocity
+            from echoflow_models.pipeline import ef_fractions
+            from echoflow_models.sampling import guided_velocity
 
             cond = images.to(dev, dtype)
             ef = ef_fractions(ef_percent, case.batch).to(dev, dtype)
@@ -610,7 +613,7 @@ def _timed_calls(ctx: Context, scale: float = 1.0) -> Callable:
 
 
 def run_reid(ctx: Context, case: Case) -> dict:
-    from .reid import PrivacyGate, ReIDConfig, ReIDResNet18
+    from echoflow_models.reid import PrivacyGate, ReIDConfig, ReIDResNet18
 
     s, dev = ctx.settings, ctx.device
     reid = bench_weights(ReIDResNet18(ReIDConfig(in_channels=4, out_channels=128)))
@@ -650,7 +653,7 @@ def run_reid(ctx: Context, case: Case) -> dict:
 
 
 def run_vae(ctx: Context, case: Case) -> dict:
-    from .pipeline import EchoFlowPipeline
+    from echoflow_models.pipeline import EchoFlowPipeline
 
     s, dev, dtype = ctx.settings, ctx.device, DTYPES[case.dtype]
     vae = build_vae(case.model)

@@ -1,7 +1,7 @@
 """How well the video model delivers the EF it is asked for over the synthetic training range (10-85 %).
 
-    python scripts/ef_delivery_probe.py --guidance 3,4,5                 # LIFM images, as `evaluate` makes them
-    python scripts/ef_delivery_probe.py --guidance 3 --images phantom    # real end-diastolic phantom frames
+    python -m research.probes.ef_delivery_probe --guidance 3,4,5                 # LIFM images, as `evaluate` makes them
+    python -m research.probes.ef_delivery_probe --guidance 3 --images phantom    # real end-diastolic phantom frames
 
 `evaluate`'s EF fidelity asks for 20-80 %; the synthetic training set of its synthetic-vs-real experiment asks
 for U(10, 85), where the compression at both ends shows. Each of `--videos` conditioning images is animated
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from echoflow_models.checkpoint import load_model
-from echoflow_models.evaluate import _gray, ef_regressor_folder, predict_ef
 from echoflow_models.metrics import regression_metrics
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.pipeline import EchoFlowPipeline
 from echoflow_models.weights import default_weights_root
+from research.evaluate import _gray, ef_regressor_folder, predict_ef
 
 # Disjoint from the seeds `evaluate`, `tune-guidance` (50_000 + i) and latent_jitter_vs_ef.py (90_000 +) use.
 DEFAULT_SEED = 70_000

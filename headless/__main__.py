@@ -1,0 +1,7 @@
+"""`python -m headless run WORKFLOW ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

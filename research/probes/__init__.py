@@ -1,0 +1,1 @@
+"""One-off research probes (scripts run as `python -m research.probes.<name>`); see each docstring."""
