@@ -54,9 +54,10 @@ from pathlib import Path
 
 import torch
 
+from echoflow_models.conventions import PRECISION_NAMES, dtype_of
 from echoflow_models.sampling import sample_flow_cuda_graph, seeded_noise
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: dtype_of(name) for name in PRECISION_NAMES}
 STAGES = ("lifm", "reid", "lvfm", "vae")
 BENCH_DIR = Path(__file__).resolve().parent  # bench/: the peers live beside this file
 SCHEMA = 1

@@ -27,6 +27,7 @@ from .lifm import SegDiTTransformer2DModel
 from .lvfm import DiffuserSTDiT
 from .reid import ReIDConfig, ReIDResNet18
 from .vae import AutoencoderKL
+from .weights import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,17 @@ REID_CLASS = "ReID"
 SAMPLING_NAME = "sampling.json"
 MAX_GUIDANCE = 20.0
 
-# Classes that EchoFlow's codebase defines but this package does not implement (yet).
+# Classes that EchoFlow's codebase defines but this package does not implement (yet): (kind, what it is).
+# They are listed under their kind, so that choosing one says "not supported yet" instead of vanishing.
 KNOWN_UNSUPPORTED = {
-    "SegUnet2DModel": "the UNet LIFM variant (diffusers UNet2DModel clone with a mask channel)",
-    "UNetSTIC": "the spatio-temporal UNet LVFM variant (SVD-style UNet)",
-    "EDM2UNet": "the EDM2 magnitude-preserving UNet",
-    "UNet2DModel": "a plain diffusers UNet",
-    "UNetSpatioTemporalConditionModel": "a plain diffusers SVD UNet",
+    "SegUnet2DModel": ("lifm", "the UNet LIFM variant (diffusers UNet2DModel clone with a mask channel)"),
+    "UNetSTIC": ("lvfm", "the spatio-temporal UNet LVFM variant (SVD-style UNet)"),
+    "EDM2UNet": ("lifm", "the EDM2 magnitude-preserving UNet"),
+    "UNet2DModel": ("lifm", "a plain diffusers UNet"),
+    "UNetSpatioTemporalConditionModel": ("lvfm", "a plain diffusers SVD UNet"),
 }
+# Names the release's ReID configs may carry for the backbone (config.yaml folders are ReID whatever they say).
+REID_ALIASES = ("ReIDResNet18", "ContrastiveModel", "ResNet18")
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     cls.class_name: cls for cls in (AutoencoderKL, SegDiTTransformer2DModel, DiffuserSTDiT, ReIDResNet18)
@@ -58,9 +62,20 @@ class CheckpointError(RuntimeError):
 
 
 def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """Make a class loadable by `_class_name` (it needs `class_name`, `config_class` and `config`)."""
+    """Make a class loadable by `_class_name` (it needs `class_name`, `kind`, `config_class` and `config`)."""
+    if getattr(cls, "kind", None) not in KINDS:
+        raise TypeError(f"{cls.__name__}.kind must be one of {KINDS} (the folder it lives under)")
     MODEL_CLASSES[cls.class_name] = cls
     return cls
+
+
+def model_kinds() -> dict[str, str]:
+    """The one registry: `_class_name` -> the kind (folder) of every network this package knows, the
+    unsupported ones included. The loaders, the ComfyUI bridge and `echoflow info` derive from it."""
+    kinds = {name: cls.kind for name, cls in MODEL_CLASSES.items()}
+    kinds.update({name: kind for name, (kind, _what) in KNOWN_UNSUPPORTED.items()})
+    kinds.update({name: "reid" for name in REID_ALIASES})
+    return kinds
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,7 +133,7 @@ def build_model(class_name: str, config: dict, source: str = "<config>") -> nn.M
     """Instantiate the network named by `_class_name` from a config dict (weights uninitialised)."""
     if class_name in KNOWN_UNSUPPORTED:
         raise CheckpointError(
-            f"{source}: `{class_name}` ({KNOWN_UNSUPPORTED[class_name]}) is not supported yet by this pack; "
+            f"{source}: `{class_name}` ({KNOWN_UNSUPPORTED[class_name][1]}) is not supported yet by this pack; "
             f"supported classes: {', '.join(sorted(MODEL_CLASSES))}"
         )
     if class_name not in MODEL_CLASSES:

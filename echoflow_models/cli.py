@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from .conventions import EF_MAX, EF_MIN, VIEWS
+from .conventions import EF_MAX, EF_MIN, PRECISION_NAMES, VIEWS, dtype_of
 from .options import (
     UsageError,
     add_threads_arg,
@@ -25,23 +23,16 @@ from .options import (
     check_count,
     check_output_file,
     check_positive,
+    check_tau_option,
+    pick_device,
     require,
     run_command,
 )
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: dtype_of(name) for name in PRECISION_NAMES}
 
 # Modules that contribute sub-commands through `add_subcommands(subparsers)`.
 SUBCOMMAND_MODULES = ("echoflow_models.dataset_maker", "echoflow_models.train")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
-    return device
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -59,24 +50,6 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-
-
-def check_tau_option(args: argparse.Namespace, views: list[str]) -> None:
-    """--tau / --allow-looser-tau against the weights' calibrated tau, by the one rule (`privacy.decide_tau`),
-    before anything loads. The pipeline applies the same rule again when it builds the gates."""
-    from .privacy import GateConfigError, calibrated_tau, decide_tau
-    from .weights import default_weights_root
-
-    root = Path(args.weights).expanduser() if args.weights else default_weights_root()
-    for view in views:
-        calibrated, source = calibrated_tau(root if root.is_dir() else None, view)
-        try:
-            decide_tau(args.tau, calibrated, allow_looser=args.allow_looser_tau, calibrated_source=source,
-                       option="--tau", opt_in="--allow-looser-tau")
-        except GateConfigError as exc:
-            if args.tau is None:
-                raise  # the weights' own gates.json is broken: reported as a weights error
-            raise UsageError(str(exc)) from None
 
 
 def _check_generate_args(args: argparse.Namespace) -> dict:

@@ -23,3 +23,33 @@ def check_ef(value: object, what: str = "EF") -> float:
     if not EF_MIN <= float(value) <= EF_MAX:
         raise ValueError(f"{what} must be a percentage in [{EF_MIN:g}, {EF_MAX:g}], got {value!r}")
     return float(value)
+
+
+# Precision names at every edge (CLI options, node widgets, bench) -> torch dtypes.
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
+
+def dtype_of(name: str):
+    """"fp32" | "bf16" | "fp16" -> the torch dtype; ValueError naming the choices otherwise."""
+    import torch
+
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {name!r}")
+    return table[name]
+
+
+def pick_device(name: str):
+    """"auto" -> CUDA when torch sees a GPU, else the CPU; an explicit device is checked (a CUDA device
+    without a GPU, or a name torch does not know, is a ValueError naming --device)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device torch knows; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
+    return device

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conventions import EF_MAX, EF_MIN, VIEWS
+from .conventions import EF_MAX, EF_MIN, VIEWS, dtype_of
 from .options import UsageError, add_threads_arg, apply_threads, check_count, check_positive, require
 
 RUNS_NAME = ".echoflow-dataset-runs.json"
@@ -119,7 +119,7 @@ def existing_candidates(folder: Path, prefix: str) -> set[int]:
 def check_args(args: argparse.Namespace) -> None:
     """Every option checked before any model loads (UsageError: exit status 2)."""
     from .checkpoint import MAX_GUIDANCE
-    from .cli import check_tau_option
+    from .options import check_tau_option
     from .sampling import check_seed
     from .synthetic_dataset import check_name_prefix
 
@@ -210,7 +210,7 @@ def record_run(out: Path, prefix: str, settings: dict) -> None:
 def cmd_generate_dataset(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import pick_device
+    from .options import pick_device
     from .pipeline import EchoFlowPipeline
     from .synthetic_dataset import append_synthetic, generation_key
 
@@ -225,7 +225,7 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     else:
         device = pick_device(args.device)
     apply_threads(args)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = dtype_of(args.dtype)
     quota = rank_quota(args.count, rank, world)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[rank {rank}/{world}] {m}", file=sys.stderr,
                                                                 flush=True))

@@ -55,6 +55,7 @@ def _conv(cin: int, cout: int, groups: int, stride=(1, 1, 1), kernel=(3, 3, 3)) 
 class EFRegressor(nn.Module):
     config_class = EFRegressorConfig
     class_name = "EFRegressor"
+    kind = "ef"  # the folder it lives under in a weights root: ef/<name>/
 
     def __init__(self, config: EFRegressorConfig):
         super().__init__()
@@ -100,6 +101,20 @@ class EFRegressor(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.forward_prepared(self.prepare(frames))
+
+
+def video_to_input(frames) -> torch.Tensor:
+    """uint8 video(s) [T, H, W(, C)] or [B, T, H, W(, C)] -> float [B, 3, T, H, W] in [-1, 1]: the one way a
+    video reaches the EF regressor (evaluation, relabelling and the Estimate EF node). Colour is read as gray
+    (`vae.frames_to_gray`), the pixel range as everywhere (x / 128 - 1)."""
+    from .vae import frames_to_gray
+
+    x = frames_to_gray(frames)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"a video for the EF regressor is [T, H, W(, C)] or [B, T, H, W(, C)], got {tuple(x.shape)}")
+    return (x.float() / 128.0 - 1.0)[:, None].expand(-1, 3, -1, -1, -1)
 
 
 register_model_class(EFRegressor)

@@ -223,6 +223,7 @@ class SegDiTTransformer2DModel(nn.Module):
 
     config_class = SegDiTConfig
     class_name = "SegDiTTransformer2DModel"
+    kind = "lifm"  # the folder it lives under in a weights root: lifm/<name>/
 
     def __init__(self, config: SegDiTConfig):
         super().__init__()

@@ -297,6 +297,7 @@ class DiffuserSTDiT(nn.Module):
 
     config_class = STDiTConfig
     class_name = "DiffuserSTDiT"
+    kind = "lvfm"  # the folder it lives under in a weights root: lvfm/<name>/
 
     def __init__(self, config: STDiTConfig):
         super().__init__()

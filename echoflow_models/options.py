@@ -91,6 +91,35 @@ def check_writable_target(folder: str | os.PathLike, option: str) -> Path:
     return folder
 
 
+# ------------------------------------------------------------------------------------- device, tau
+def pick_device(name: str) -> torch.device:
+    """`conventions.pick_device`, its refusal as a usage error (exit status 2, before any compute)."""
+    try:
+        from .conventions import pick_device as choose
+
+        return choose(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_tau_option(args: argparse.Namespace, views: list[str]) -> None:
+    """--tau / --allow-looser-tau against the weights' calibrated tau, by the one rule (`privacy.decide_tau`),
+    before anything loads. The pipeline applies the same rule again when it builds the gates."""
+    from .privacy import GateConfigError, calibrated_tau, decide_tau
+    from .weights import default_weights_root
+
+    root = Path(args.weights).expanduser() if args.weights else default_weights_root()
+    for view in views:
+        calibrated, source = calibrated_tau(root if root.is_dir() else None, view)
+        try:
+            decide_tau(args.tau, calibrated, allow_looser=args.allow_looser_tau, calibrated_source=source,
+                       option="--tau", opt_in="--allow-looser-tau")
+        except GateConfigError as exc:
+            if args.tau is None:
+                raise  # the weights' own gates.json is broken: reported as a weights error
+            raise UsageError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------------- threads
 def physical_cores() -> int:
     """Physical CPU cores (hyper-threads not counted); falls back to the logical count."""

@@ -117,6 +117,7 @@ class ReIDResNet18(nn.Module):
 
     config_class = ReIDConfig
     class_name = "ReID"
+    kind = "reid"  # the folder it lives under in a weights root: reid/<name>/
 
     def __init__(self, config: ReIDConfig):
         super().__init__()

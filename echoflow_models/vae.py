@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -235,6 +236,7 @@ class AutoencoderKL(nn.Module):
 
     config_class = AutoencoderKLConfig
     class_name = "AutoencoderKL"
+    kind = "vae"  # the folder it lives under in a weights root: vae/<name>/
 
     def __init__(self, config: AutoencoderKLConfig):
         super().__init__()
@@ -277,20 +279,29 @@ class AutoencoderKL(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-def frames_to_model_range(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames [..., H, W] or [..., H, W, 1|3] -> float [N, 3, H, W] in [-1, 1] (x / 128 - 1).
-
-    Grayscale is replicated to three channels; leading dimensions are flattened into N.
-    """
+def frames_to_gray(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 frames [..., H, W] or [..., H, W, 1|3] -> uint8 [..., H, W]: the one rule for colour input,
+    everywhere (VAE, EF regressor, nodes, evaluation): echo is grayscale, so colour frames are read by the
+    rounded mean of their channels (decoded EchoFlow frames have three equal channels and stay as they are)."""
+    frames = torch.as_tensor(np.asarray(frames)) if not torch.is_tensor(frames) else frames
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8 (0..255), got {frames.dtype}; convert with (x * 255).round()")
     if frames.ndim >= 3 and frames.shape[-1] in (1, 3):
-        rgb = frames.expand(*frames.shape[:-1], 3) if frames.shape[-1] == 1 else frames
-        x = rgb.reshape(-1, *rgb.shape[-3:]).permute(0, 3, 1, 2)
-    elif frames.ndim >= 2:
-        x = frames.reshape(-1, 1, *frames.shape[-2:]).expand(-1, 3, -1, -1)
-    else:
+        if frames.shape[-1] == 1:
+            return frames[..., 0]
+        return frames.float().mean(-1).round().to(torch.uint8)
+    if frames.ndim < 2:
         raise ValueError(f"frames must be [..., H, W] or [..., H, W, C], got shape {tuple(frames.shape)}")
+    return frames
+
+
+def frames_to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [..., H, W] or [..., H, W, 1|3] -> float [N, 3, H, W] in [-1, 1] (x / 128 - 1).
+
+    Gray (`frames_to_gray`) replicated to three channels; leading dimensions are flattened into N.
+    """
+    gray = frames_to_gray(frames)
+    x = gray.reshape(-1, 1, *gray.shape[-2:]).expand(-1, 3, -1, -1)
     return x.float() / 128.0 - 1.0
 
 

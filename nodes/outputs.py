@@ -294,6 +294,8 @@ class EchoFlowEstimateEF:
         }
 
     def estimate(self, ef_model, images, video_info=None):
+        from echoflow_models.efnet import video_to_input
+
         if ef_model is None or getattr(ef_model, "kind", None) != "ef":
             raise EchoFlowInputError("ef_model: connect EchoFlow Load EF Regressor")
         videos, items, _run = videos_and_info(images, video_info)
@@ -303,8 +305,7 @@ class EchoFlowEstimateEF:
         values = []
         with torch.inference_mode():
             for video in videos:
-                # the project's pixel convention: x / 128 - 1 (frames_to_model_range)
-                x = video.permute(3, 0, 1, 2)[None].to(device=device, dtype=ef_model.dtype) / 128.0 - 1.0
+                x = video_to_input(video).to(device=device, dtype=ef_model.dtype)  # the library's one rule
                 out = ef_model.module(x)
                 values.append(float(torch.as_tensor(out).float().reshape(-1)[0]))
                 progress.update(1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from echoflow_models.vae import frames_to_gray
+
 from . import bridge
 from .common import (
     CATEGORY,
@@ -123,7 +125,7 @@ class EchoFlowVAEEncode:
         if frames.shape[1] % f or frames.shape[2] % f:
             raise EchoFlowInputError(f"images: {frames.shape[1]}x{frames.shape[2]} is not a multiple of the "
                                      f"VAE's factor {f}; set size (e.g. 112)")
-        gray = frames.float().mean(-1, keepdim=True).round().to(torch.uint8).expand(-1, -1, -1, 3).contiguous()
+        gray = frames_to_gray(frames)[..., None].expand(-1, -1, -1, 3).contiguous()  # the library's colour rule
         pipe = make_pipeline(vae=vae, memory_required=bridge.activation_memory(vae, min(32, gray.shape[0])))
         progress = bridge.Progress(gray.shape[0], "encode")
 

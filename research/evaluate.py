@@ -40,12 +40,13 @@ from echoflow_models.echonet import (
     read_filelist,
     write_phantom_dataset,
 )
-from echoflow_models.efnet import EFRegressor
+from echoflow_models.efnet import EFRegressor, video_to_input
 from echoflow_models.metrics import psnr, regression_metrics, ssim, temporal_flicker
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.pipeline import EchoFlowPipeline, PrivacyGateError
 from echoflow_models.progress import ProgressBar
 from echoflow_models.reid import select_tau, similarity_matrix
+from echoflow_models.vae import frames_to_gray
 from echoflow_models.weights import default_weights_root, find_model_folders
 
 # Dataset seeds of the evaluation's own phantom patients; patient identities are hashed from
@@ -80,14 +81,7 @@ class EvalSizes:
                    video_steps=2)
 
 
-def frames_to_regressor_input(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 video(s) [T, H, W(, 3)] or [B, T, H, W(, 3)] -> float [B, 3, T, H, W] in [-1, 1] (x / 128 - 1)."""
-    x = torch.as_tensor(np.asarray(frames))
-    if x.shape[-1] == 3:
-        x = x[..., 0]
-    if x.ndim == 3:
-        x = x[None]
-    return (x.float() / 128.0 - 1.0)[:, None].expand(-1, 3, -1, -1, -1)
+frames_to_regressor_input = video_to_input  # the library's one rule, shared with the Estimate EF node
 
 
 @torch.inference_mode()
@@ -101,8 +95,7 @@ def predict_ef(model: torch.nn.Module, videos: list[np.ndarray], batch: int = 8)
 
 
 def _gray(frames: torch.Tensor | np.ndarray) -> np.ndarray:
-    arr = np.asarray(frames)
-    return arr[..., 0] if arr.shape[-1] == 3 else arr
+    return frames_to_gray(frames).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------

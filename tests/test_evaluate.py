@@ -149,11 +149,17 @@ def test_evaluation_refuses_weights_without_an_ef_regressor(tmp_path, research_c
 
 
 def test_regressor_input_is_grey_in_minus_one_to_one():
+    from echoflow_models.vae import frames_to_model_range
+
     frames = np.zeros((4, 8, 8, 3), dtype=np.uint8)
-    frames[..., 0] = 255
+    frames[..., 0] = 255  # a red frame: read as the rounded mean of its channels (85), as everywhere
     x = frames_to_regressor_input(frames)
     assert x.shape == (1, 3, 4, 8, 8)
-    assert float(x.max()) == pytest.approx(255 / 128 - 1) and float(x.min()) == pytest.approx(255 / 128 - 1)
+    assert float(x.max()) == pytest.approx(85 / 128 - 1) and float(x.min()) == pytest.approx(85 / 128 - 1)
+    # the VAE reads colour the same way, and gray frames replicated to RGB are unchanged by the rule
+    assert torch.equal(frames_to_model_range(torch.from_numpy(frames))[0, 0], x[0, 0, 0])
+    gray = np.random.default_rng(0).integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    assert torch.equal(frames_to_regressor_input(np.repeat(gray[..., None], 3, -1)), frames_to_regressor_input(gray))
 
 
 def _private_lvfm_root(tmp_path, source):

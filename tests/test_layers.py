@@ -59,3 +59,18 @@ def test_no_module_grows_past_600_lines_without_saying_why():
         if lines > 600 and "Longer than 600 lines" not in doc:
             long.append(f"{path.relative_to(ROOT)}: {lines} lines")
     assert not long, long
+
+
+def test_one_registry_of_networks_and_their_kinds():
+    import headless
+    from echoflow_models.checkpoint import MODEL_CLASSES, model_kinds
+    from echoflow_models.weights import KINDS
+
+    kinds = model_kinds()
+    assert {cls.kind for cls in MODEL_CLASSES.values()} == set(KINDS)  # every kind has a network, and only those
+    assert all(kinds[name] == cls.kind for name, cls in MODEL_CLASSES.items())
+    headless.load_pack(ROOT)
+    import sys
+
+    bridge = sys.modules[headless.PACK_NAME + ".nodes.bridge"]
+    assert bridge.CLASS_KINDS == kinds and bridge.KINDS == KINDS  # the pack derives, it does not copy

@@ -98,7 +98,7 @@ def namespace_for(add_args: Callable[[argparse.ArgumentParser], None], **overrid
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> CUDA when available; a CUDA device without a GPU is a clear error (the CLI's rule)."""
-    from ..cli import pick_device
+    from ..conventions import pick_device
 
     return pick_device(name)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from echoflow_models.conventions import PRECISION_NAMES, dtype_of
+
 from ._host import HAS_COMFY, log  # noqa: F401
 from ._host import OVERRIDES as _OVERRIDES
 from ._host import mm as _mm
@@ -35,7 +37,7 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES = {name: dtype_of(name) for name in PRECISION_NAMES}
 
 
 def pick_dtype(precision: str, role: str = "flow") -> torch.dtype:

@@ -7,26 +7,17 @@ import json
 import os
 from pathlib import Path
 
+from echoflow_models.checkpoint import model_kinds
+from echoflow_models.weights import KINDS as WEIGHT_KINDS
+
 from ._host import HAS_COMFY, log  # noqa: F401
 from ._host import fp as _fp
 
 FOLDER_NAME = "echoflow"
 MODEL_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".json", ".yaml", ".yml"}
 DEMO_PREFIX = "demo/"
-KINDS = ("vae", "lifm", "lvfm", "reid", "ef")
-
-# config class name -> model kind; anything else found in a model root is ignored
-CLASS_KINDS = {
-    "AutoencoderKL": "vae",
-    "SegDiTTransformer2DModel": "lifm",
-    "DiffuserSTDiT": "lvfm",
-    "UNetSTIC": "lvfm",
-    "ReID": "reid",
-    "ReIDResNet18": "reid",
-    "ContrastiveModel": "reid",
-    "ResNet18": "reid",
-    "EFRegressor": "ef",
-}
+KINDS = WEIGHT_KINDS  # the library's folder kinds: vae, lifm, lvfm, reid, ef
+CLASS_KINDS = model_kinds()  # the library's registry: _class_name -> kind
 
 
 def register_model_folder() -> None:
