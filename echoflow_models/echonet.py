@@ -318,12 +318,7 @@ class EchoNetWriter:
         if self.csv_path.is_file() and not add_missing_columns:
             # refuse a foreign FileList before creating anything (not even the lock file) in its folder
             self._missing_columns(self.csv_path.read_bytes(), extra_columns)
-        try:
-            self.videos_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PermissionError(
-                f"EchoNetWriter: cannot create {self.videos_dir} ({e.strerror or e}); choose a writable folder"
-            ) from e
+        video_io.make_folder(self.videos_dir, "EchoNetWriter")
         self._fh = None
         self._lock_fh = None
         self._lock()

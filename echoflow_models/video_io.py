@@ -92,6 +92,17 @@ def _check_fps(fps, where: str) -> Fraction:
     return Fraction(value).limit_denominator(1001)
 
 
+def make_folder(folder: Path, where: str) -> Path:
+    """Create `folder` (and its parents), or a PermissionError saying which folder and what to do."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(
+            f"{where}: cannot create the folder {folder} ({e.strerror or e}); choose a writable location"
+        ) from e
+    return folder
+
+
 def _prepare_target(path, overwrite: bool, where: str) -> Path:
     path = Path(path).expanduser()
     if path.name in ("", ".", ".."):
@@ -104,12 +115,7 @@ def _prepare_target(path, overwrite: bool, where: str) -> Path:
         raise FileExistsError(
             f"{where}: {path} already exists; pass overwrite=True to replace it or choose another name"
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(
-            f"{where}: cannot create the folder {path.parent} ({e.strerror or e}); choose a writable location"
-        ) from e
+    make_folder(path.parent, where)
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise PermissionError(
             f"{where}: the folder {path.parent} is not writable; choose a writable location"
@@ -240,33 +246,15 @@ def write_avi(
     ``codec="mjpeg"`` (as in EchoNet-Dynamic, ``-q:v 2``) or ``"ffv1"`` (lossless). Refuses to replace an
     existing file unless ``overwrite=True``.
     """
-    if codec == "mjpeg":
-        return _encode(
-            path,
-            frames,
-            fps,
-            codec="mjpeg",
-            pix_fmt_out="yuvj444p",
-            fmt="avi",
-            extra=["-q:v", "2"],
-            overwrite=overwrite,
-            where="write_avi",
-            pad_even=False,
-        )
-    if codec == "ffv1":
-        return _encode(
-            path,
-            frames,
-            fps,
-            codec="ffv1",
-            pix_fmt_out="gray",
-            fmt="avi",
-            extra=["-level", "3"],
-            overwrite=overwrite,
-            where="write_avi",
-            pad_even=False,
-        )
-    raise ValueError(f"write_avi: codec must be 'mjpeg' or 'ffv1', got {codec!r}")
+    if codec not in AVI_CODECS:
+        raise ValueError(f"write_avi: codec must be 'mjpeg' or 'ffv1', got {codec!r}")
+    pix_fmt, extra = AVI_CODECS[codec]
+    return _encode(path, frames, fps, codec=codec, pix_fmt_out=pix_fmt, fmt="avi", extra=list(extra),
+                   overwrite=overwrite, where="write_avi", pad_even=False)
+
+
+# AVI codec -> (output pixel format, encoder options): MJPEG at EchoNet-Dynamic's quality, or lossless FFV1.
+AVI_CODECS = {"mjpeg": ("yuvj444p", ("-q:v", "2")), "ffv1": ("gray", ("-level", "3"))}
 
 
 def read_video(path: str | os.PathLike, *, gray: bool = False) -> tuple[np.ndarray, float]:

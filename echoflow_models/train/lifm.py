@@ -16,9 +16,9 @@ import torch
 
 from ..lifm import SegDiTConfig, SegDiTTransformer2DModel
 from ..sampling import flow_matching_loss
-from .common import Run, add_common_args, clip_and_step
+from .common import add_common_args, clip_and_step
 from .data import IMAGE_FRAMES
-from .scaling_io import open_latent_set
+from .scaling_io import start_flow_stage
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -75,12 +75,7 @@ def sample_t(n: int, kind: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> dict:
-    run_ = Run(args, "lifm")
-    _, _, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out, args.sample_latents)
-    c, h, _ = data.mean.shape[1:]
-    model = build_lifm(args, c, h)
-    opt = run_.optimizer(model.parameters())
-    run_.track({"model": model}, {"opt": opt})
+    run_, data, model, opt = start_flow_stage(args, "lifm", build_lifm)
     device = run_.device
     null = model.num_classes
     for _ in run_.steps():

@@ -22,10 +22,10 @@ import torch
 
 from ..lvfm import DiffuserSTDiT, STDiTConfig
 from ..sampling import flow_matching_pair
-from .common import Run, add_common_args, clip_and_step
+from .common import add_common_args, clip_and_step
 from .data import COND_FRAMES, TARGET_FPS, shared_randn
 from .lifm import sample_t
-from .scaling_io import open_latent_set
+from .scaling_io import start_flow_stage
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -124,12 +124,7 @@ def masked_flow_loss(model, z0, cond, ef, drop_ef, valid, gen, sigma_min, device
 
 
 def run(args: argparse.Namespace) -> dict:
-    run_ = Run(args, "lvfm")
-    _, _, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out, args.sample_latents)
-    c, h, _ = data.mean.shape[1:]
-    model = build_lvfm(args, c, h)
-    opt = run_.optimizer(model.parameters())
-    run_.track({"model": model}, {"opt": opt})
+    run_, data, model, opt = start_flow_stage(args, "lvfm", build_lvfm)
     device = run_.device
     frames = args.train_frames or args.frames
     if args.ef_pairs and args.batch_size % 2:

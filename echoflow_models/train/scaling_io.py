@@ -31,3 +31,17 @@ def open_latent_set(latents: str, scaling: str | None, splits, out: Path | None,
     cache = load_latent_cache(latents)
     scaler = load_or_fit_scaler(cache, scaling, out)
     return cache, scaler, LatentSet(cache, splits, scaler, sample_latents)
+
+
+def start_flow_stage(args, kind: str, build) -> tuple:
+    """What the LIFM and LVFM stages begin with: the run, the scaled latent set, the network built for its
+    latent shape by `build(args, channels, size)`, its optimizer, all tracked for checkpoints and resume."""
+    from .common import Run
+
+    run_ = Run(args, kind)
+    _, _, data = open_latent_set(args.latents, args.scaling, args.splits, run_.out, args.sample_latents)
+    c, h, _ = data.mean.shape[1:]
+    model = build(args, c, h)
+    opt = run_.optimizer(model.parameters())
+    run_.track({"model": model}, {"opt": opt})
+    return run_, data, model, opt
