@@ -15,6 +15,23 @@ from torch import nn
 
 from .layers import gated_add, gelu_tanh_, modulate_, sincos_2d, split_heads, timestep_features
 
+# Transformer sizes by name (`python -m bench` builds these; `{**RELEASE_LAYOUT, **SIZE_PRESETS[name]}` is a
+# full config). DiT-S/2 and DiT-B/2 are the DiT paper's S and B models (Peebles & Xie 2023, table 1: 12
+# layers of width 384 = 6 heads x 64, and of width 768 = 12 heads x 64; "/2" is the patch size). The
+# released LIFM's size is not published (spec 2.2); DiT-S/2 is the plausible one whose state-dict keys
+# tests/fixtures/echoflow-reference/manifests.json lists. DiT-tiny is the size of the reference fixture
+# lifm/tiny.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "DiT-S/2": {"num_attention_heads": 6, "attention_head_dim": 64, "num_layers": 12},
+    "DiT-B/2": {"num_attention_heads": 12, "attention_head_dim": 64, "num_layers": 12},
+    "DiT-tiny": {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2},
+}
+# The latent layout of the release (spec 2.2): a 4x28x28 avae-4f4 latent plus the 1-channel LV mask in,
+# the velocity out, patch 2, three views (A4C, PSAX, PLAX).
+RELEASE_LAYOUT: dict[str, int] = {
+    "in_channels": 5, "out_channels": 4, "sample_size": 28, "patch_size": 2, "num_embeds_ada_norm": 3,
+}
+
 
 @dataclass
 class SegDiTConfig:

@@ -37,6 +37,24 @@ from .layers import (
     timestep_features,
 )
 
+# Transformer sizes by name (`python -m bench` builds these; `{**RELEASE_LAYOUT, **SIZE_PRESETS[name]}` is a
+# full config). S/2 and B/2 are the STDiT configs of EchoFlow's own codebase (spec 2.4, from its
+# `lvfm/configs/*.yaml`: S = hidden 384, depth 12, 6 heads; B = 768 / 12 / 12; "/2" the spatial patch).
+# The released LVFM's size is not published; STDiT-S/2 is the plausible one whose state-dict keys
+# tests/fixtures/echoflow-reference/manifests.json lists. STDiT-tiny is the size of the reference fixture
+# lvfm/tiny.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "STDiT-S/2": {"hidden_size": 384, "depth": 12, "num_heads": 6},
+    "STDiT-B/2": {"hidden_size": 768, "depth": 12, "num_heads": 12},
+    "STDiT-tiny": {"hidden_size": 64, "depth": 2, "num_heads": 4},
+}
+# The latent layout of the release (spec 2.4): 64 frames of 4x28x28 avae-4f4 latents plus the conditioning
+# latent image in (8 channels), the velocity out, patch [1, 2, 2], the EF as one one-channel caption token.
+RELEASE_LAYOUT: dict = {
+    "input_size": [64, 28, 28], "in_channels": 8, "out_channels": 4, "patch_size": [1, 2, 2],
+    "caption_channels": 1, "model_max_length": 1,
+}
+
 
 @dataclass
 class STDiTConfig:

@@ -16,6 +16,16 @@ from torch import nn
 SUPPORTED_DOWN_BLOCKS = ("DownEncoderBlock2D",)
 SUPPORTED_UP_BLOCKS = ("UpDecoderBlock2D",)
 
+# Encoder/decoder sizes by name (`python -m bench` builds these, one Down/UpEncoderBlock2D per width).
+# avae-16f8: the released vae/avae-16f8/config.json (spec 1.2). avae-4f4: its widths are not published
+# (spec 1.2); three levels of the same family (f = 4: 112 -> 28) are assumed. avae-tiny: the size of the
+# reference fixture vae/tiny.
+SIZE_PRESETS: dict[str, dict] = {
+    "avae-4f4": {"block_out_channels": [128, 256, 512], "latent_channels": 4, "layers_per_block": 2},
+    "avae-16f8": {"block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "layers_per_block": 2},
+    "avae-tiny": {"block_out_channels": [32, 64, 64], "latent_channels": 4, "layers_per_block": 1},
+}
+
 
 @dataclass
 class AutoencoderKLConfig:
