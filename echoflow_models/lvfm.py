@@ -19,6 +19,7 @@ All weights live under `model.` as in the released `lvfm/<name>/diffusion_pytorc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,8 @@ from .layers import (
     split_heads,
     timestep_features,
 )
+
+log = logging.getLogger(__name__)
 
 # Transformer sizes by name (`python -m bench` builds these; `{**RELEASE_LAYOUT, **SIZE_PRESETS[name]}` is a
 # full config). S/2 and B/2 are the STDiT configs of EchoFlow's own codebase (spec 2.4, from its
@@ -66,8 +69,14 @@ class STDiTConfig:
     depth: int = 28
     num_heads: int = 16
     mlp_ratio: float = 4.0
+    # Training only: the share of steps whose EF is swapped for the null caption. Inference never drops it
+    # (guidance asks for the null caption explicitly); the trainer reads its own --p-drop-ef.
     class_dropout_prob: float = 0.1
     drop_path: float = 0.0
+    # Accepted and ignored on purpose: the reference STDiT (spec 2.4, "unused") stores this flag but always
+    # adds the temporal position embedding in block 0, and so does this code. Refusing True would refuse a
+    # config the reference runs; honouring it would compute something the released weights never saw.
+    # `validate` logs a warning so the mismatch is not silent.
     no_temporal_pos_emb: bool = False
     caption_channels: int = 4096
     model_max_length: int = 120
@@ -84,7 +93,15 @@ class STDiTConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"STDiT config: hidden_size {self.hidden_size} not divisible by num_heads")
         if self.drop_path:
-            raise ValueError("STDiT config: drop_path > 0 is not supported")
+            raise ValueError(
+                f"STDiT config: drop_path={self.drop_path!r} is not supported; only 0.0 is implemented "
+                "(no stochastic depth: every block always runs)"
+            )
+        if self.no_temporal_pos_emb:
+            log.warning(
+                "STDiT config: no_temporal_pos_emb=True is ignored, as the reference STDiT ignores it: the "
+                "temporal position embedding is always added (in the first block)"
+            )
 
     @property
     def frames(self) -> int:

@@ -38,12 +38,15 @@ class AutoencoderKLConfig:
     act_fn: str = "silu"
     latent_channels: int = 4
     norm_num_groups: int = 32
+    # diffusers' tile size when tiling is switched on; this code never tiles (only the memory estimate reads it)
     sample_size: int = 32
+    # Latent statistics for pipelines; diffusers' AutoencoderKL itself never reads them, and EchoFlow scales
+    # latents with its own per-channel scaling.pt instead (spec 1.2). Accepted so configs round-trip.
     scaling_factor: float = 0.18215
     shift_factor: float | None = None
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
-    force_upcast: bool = True
+    force_upcast: bool = True  # read by the pipeline and the loader node: float16 requests run in float32
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
@@ -58,9 +61,12 @@ class AutoencoderKLConfig:
         bad = [b for b in self.down_block_types if b not in SUPPORTED_DOWN_BLOCKS]
         bad += [b for b in self.up_block_types if b not in SUPPORTED_UP_BLOCKS]
         if bad:
-            raise ValueError(f"AutoencoderKL config: unsupported block types {sorted(set(bad))}")
+            raise ValueError(
+                f"AutoencoderKL config: block types {sorted(set(bad))} are not supported; only "
+                f"down_block_types {list(SUPPORTED_DOWN_BLOCKS)} and up_block_types {list(SUPPORTED_UP_BLOCKS)}"
+            )
         if self.act_fn != "silu":
-            raise ValueError(f"AutoencoderKL config: act_fn {self.act_fn!r} is not supported (only 'silu')")
+            raise ValueError(f"AutoencoderKL config: act_fn={self.act_fn!r} is not supported; only 'silu'")
 
 
 class DiagonalGaussian:
