@@ -54,35 +54,21 @@ from pathlib import Path
 
 import torch
 
-from echoflow_models.conventions import PRECISION_NAMES, dtype_of
+from echoflow_models.conventions import IMAGE_SIZE, PRECISION_NAMES, dtype_of
+from echoflow_models.lifm import RELEASE_LAYOUT as LIFM_COMMON
+from echoflow_models.lifm import SIZE_PRESETS as LIFM_MODELS
+from echoflow_models.lvfm import RELEASE_LAYOUT as LVFM_COMMON
+from echoflow_models.lvfm import SIZE_PRESETS as LVFM_MODELS
 from echoflow_models.sampling import sample_flow_cuda_graph, seeded_noise
+from echoflow_models.vae import SIZE_PRESETS as VAE_MODELS
 
 DTYPES = {name: dtype_of(name) for name in PRECISION_NAMES}
 STAGES = ("lifm", "reid", "lvfm", "vae")
 BENCH_DIR = Path(__file__).resolve().parent  # bench/: the peers live beside this file
 SCHEMA = 1
 
-# Release-family sizes (spec 2.2 / 2.4; the S sizes are the ones of tests/fixtures/.../manifests.json).
-LIFM_MODELS = {
-    "DiT-S/2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12),
-    "DiT-B/2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12),
-    "DiT-tiny": dict(num_attention_heads=2, attention_head_dim=16, num_layers=2),
-}
-LIFM_COMMON = dict(in_channels=5, out_channels=4, sample_size=28, patch_size=2, num_embeds_ada_norm=3)
-LVFM_MODELS = {
-    "STDiT-S/2": dict(hidden_size=384, depth=12, num_heads=6),
-    "STDiT-B/2": dict(hidden_size=768, depth=12, num_heads=12),
-    "STDiT-tiny": dict(hidden_size=64, depth=2, num_heads=4),
-}
-LVFM_COMMON = dict(in_channels=8, out_channels=4, patch_size=[1, 2, 2], caption_channels=1, model_max_length=1)
-VAE_MODELS = {
-    # avae-16f8: the released config.json (spec 1.2). avae-4f4: its block widths are not published; three
-    # levels of the same family (f = 4) are assumed.
-    "avae-4f4": dict(block_out_channels=[128, 256, 512], latent_channels=4, layers_per_block=2),
-    "avae-16f8": dict(block_out_channels=[128, 256, 256, 512], latent_channels=16, layers_per_block=2),
-    "avae-tiny": dict(block_out_channels=[32, 64, 64], latent_channels=4, layers_per_block=1),
-}
-IMAGE_SIZE = 112
+# Release-family sizes (LIFM_MODELS, LVFM_MODELS, VAE_MODELS) and the release's latent layouts
+# (LIFM_COMMON, LVFM_COMMON) are imported above from beside the networks, IMAGE_SIZE from the conventions.
 
 # Output agreement required before a time is reported: max |ours - peer| / max |peer|.
 TOLERANCE = {"fp32": 1e-4, "bf16": 6e-2, "fp16": 2e-2}

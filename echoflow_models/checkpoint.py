@@ -244,10 +244,6 @@ def weights_fingerprint(folder: str | Path) -> str:
     return _FINGERPRINTS[key]
 
 
-def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-
-
 def load_model(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> nn.Module:

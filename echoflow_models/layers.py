@@ -105,9 +105,3 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, N, H*d] -> [B, H, N, d]."""
     b, n, c = x.shape
     return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[B, H, N, d] -> [B, N, H*d] (the textbook layout)."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)

@@ -15,33 +15,63 @@ from torch import nn
 
 from .layers import gated_add, gelu_tanh_, modulate_, sincos_2d, split_heads, timestep_features
 
+# Transformer sizes by name (`python -m bench` builds these; `{**RELEASE_LAYOUT, **SIZE_PRESETS[name]}` is a
+# full config). DiT-S/2 and DiT-B/2 are the DiT paper's S and B models (Peebles & Xie 2023, table 1: 12
+# layers of width 384 = 6 heads x 64, and of width 768 = 12 heads x 64; "/2" is the patch size). The
+# released LIFM's size is not published (spec 2.2); DiT-S/2 is the plausible one whose state-dict keys
+# tests/fixtures/echoflow-reference/manifests.json lists. DiT-tiny is the size of the reference fixture
+# lifm/tiny.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "DiT-S/2": {"num_attention_heads": 6, "attention_head_dim": 64, "num_layers": 12},
+    "DiT-B/2": {"num_attention_heads": 12, "attention_head_dim": 64, "num_layers": 12},
+    "DiT-tiny": {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2},
+}
+# The latent layout of the release (spec 2.2): a 4x28x28 avae-4f4 latent plus the 1-channel LV mask in,
+# the velocity out, patch 2, three views (A4C, PSAX, PLAX).
+RELEASE_LAYOUT: dict[str, int] = {
+    "in_channels": 5, "out_channels": 4, "sample_size": 28, "patch_size": 2, "num_embeds_ada_norm": 3,
+}
+
 
 @dataclass
 class SegDiTConfig:
+    """The reference's `register_to_config` keys (spec 2.2). Values this code does not implement are refused
+    by `validate`; the fields marked below are accepted whatever their value, for the reason given."""
+
     num_attention_heads: int = 16
     attention_head_dim: int = 72
     in_channels: int = 4
     out_channels: int | None = None
     num_layers: int = 28
+    # Training only: diffusers drops attention/MLP activations in train mode; inference never does, and the
+    # trainer here builds its configs with 0.0. Accepted so released configs load whatever they record.
     dropout: float = 0.0
-    norm_num_groups: int = 32  # unused, kept so configs round-trip
+    norm_num_groups: int = 32  # unused by the reference DiT too (it has no GroupNorm); kept so configs round-trip
     attention_bias: bool = True
     sample_size: int = 32
     patch_size: int = 2
     activation_fn: str = "gelu-approximate"
     num_embeds_ada_norm: int = 1000
+    # A precision knob of diffusers' pre-PyTorch-2 attention (`get_attention_scores`); the scaled-dot-product
+    # processor diffusers uses on PyTorch 2 ignores it, as this code does, and in float32 it changes
+    # nothing either way. Accepted, not refused: the reference computes the same thing with either value.
     upcast_attention: bool = False
     norm_type: str = "ada_norm_zero"
     norm_elementwise_affine: bool = False
     norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        if self.norm_type != "ada_norm_zero":
-            raise ValueError(f"SegDiT config: norm_type must be 'ada_norm_zero', got {self.norm_type!r}")
-        if self.activation_fn != "gelu-approximate":
-            raise ValueError(f"SegDiT config: activation_fn {self.activation_fn!r} is not supported")
-        if self.norm_elementwise_affine:
-            raise ValueError("SegDiT config: norm_elementwise_affine=True is not supported")
+        implemented = {
+            "norm_type": (self.norm_type, "ada_norm_zero", "the AdaLN-Zero blocks of DiT are the only ones built"),
+            "activation_fn": (self.activation_fn, "gelu-approximate", "the feed-forward uses the tanh GELU"),
+            "norm_elementwise_affine": (self.norm_elementwise_affine, False,
+                                        "the MLP LayerNorm is built without weight and bias"),
+        }
+        for name, (value, supported, why) in implemented.items():
+            if value != supported:
+                raise ValueError(
+                    f"SegDiT config: {name}={value!r} is not supported; only {supported!r} is implemented ({why})"
+                )
         if self.sample_size % self.patch_size:
             raise ValueError(f"SegDiT config: sample_size {self.sample_size} not divisible by patch_size")
 

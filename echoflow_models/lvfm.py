@@ -19,6 +19,7 @@ All weights live under `model.` as in the released `lvfm/<name>/diffusion_pytorc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,26 @@ from .layers import (
     timestep_features,
 )
 
+log = logging.getLogger(__name__)
+
+# Transformer sizes by name (`python -m bench` builds these; `{**RELEASE_LAYOUT, **SIZE_PRESETS[name]}` is a
+# full config). S/2 and B/2 are the STDiT configs of EchoFlow's own codebase (spec 2.4, from its
+# `lvfm/configs/*.yaml`: S = hidden 384, depth 12, 6 heads; B = 768 / 12 / 12; "/2" the spatial patch).
+# The released LVFM's size is not published; STDiT-S/2 is the plausible one whose state-dict keys
+# tests/fixtures/echoflow-reference/manifests.json lists. STDiT-tiny is the size of the reference fixture
+# lvfm/tiny.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "STDiT-S/2": {"hidden_size": 384, "depth": 12, "num_heads": 6},
+    "STDiT-B/2": {"hidden_size": 768, "depth": 12, "num_heads": 12},
+    "STDiT-tiny": {"hidden_size": 64, "depth": 2, "num_heads": 4},
+}
+# The latent layout of the release (spec 2.4): 64 frames of 4x28x28 avae-4f4 latents plus the conditioning
+# latent image in (8 channels), the velocity out, patch [1, 2, 2], the EF as one one-channel caption token.
+RELEASE_LAYOUT: dict = {
+    "input_size": [64, 28, 28], "in_channels": 8, "out_channels": 4, "patch_size": [1, 2, 2],
+    "caption_channels": 1, "model_max_length": 1,
+}
+
 
 @dataclass
 class STDiTConfig:
@@ -48,8 +69,14 @@ class STDiTConfig:
     depth: int = 28
     num_heads: int = 16
     mlp_ratio: float = 4.0
+    # Training only: the share of steps whose EF is swapped for the null caption. Inference never drops it
+    # (guidance asks for the null caption explicitly); the trainer reads its own --p-drop-ef.
     class_dropout_prob: float = 0.1
     drop_path: float = 0.0
+    # Accepted and ignored on purpose: the reference STDiT (spec 2.4, "unused") stores this flag but always
+    # adds the temporal position embedding in block 0, and so does this code. Refusing True would refuse a
+    # config the reference runs; honouring it would compute something the released weights never saw.
+    # `validate` logs a warning so the mismatch is not silent.
     no_temporal_pos_emb: bool = False
     caption_channels: int = 4096
     model_max_length: int = 120
@@ -66,7 +93,15 @@ class STDiTConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"STDiT config: hidden_size {self.hidden_size} not divisible by num_heads")
         if self.drop_path:
-            raise ValueError("STDiT config: drop_path > 0 is not supported")
+            raise ValueError(
+                f"STDiT config: drop_path={self.drop_path!r} is not supported; only 0.0 is implemented "
+                "(no stochastic depth: every block always runs)"
+            )
+        if self.no_temporal_pos_emb:
+            log.warning(
+                "STDiT config: no_temporal_pos_emb=True is ignored, as the reference STDiT ignores it: the "
+                "temporal position embedding is always added (in the first block)"
+            )
 
     @property
     def frames(self) -> int:

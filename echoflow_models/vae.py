@@ -17,6 +17,16 @@ from torch import nn
 SUPPORTED_DOWN_BLOCKS = ("DownEncoderBlock2D",)
 SUPPORTED_UP_BLOCKS = ("UpDecoderBlock2D",)
 
+# Encoder/decoder sizes by name (`python -m bench` builds these, one Down/UpEncoderBlock2D per width).
+# avae-16f8: the released vae/avae-16f8/config.json (spec 1.2). avae-4f4: its widths are not published
+# (spec 1.2); three levels of the same family (f = 4: 112 -> 28) are assumed. avae-tiny: the size of the
+# reference fixture vae/tiny.
+SIZE_PRESETS: dict[str, dict] = {
+    "avae-4f4": {"block_out_channels": [128, 256, 512], "latent_channels": 4, "layers_per_block": 2},
+    "avae-16f8": {"block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "layers_per_block": 2},
+    "avae-tiny": {"block_out_channels": [32, 64, 64], "latent_channels": 4, "layers_per_block": 1},
+}
+
 
 @dataclass
 class AutoencoderKLConfig:
@@ -29,12 +39,15 @@ class AutoencoderKLConfig:
     act_fn: str = "silu"
     latent_channels: int = 4
     norm_num_groups: int = 32
+    # diffusers' tile size when tiling is switched on; this code never tiles (only the memory estimate reads it)
     sample_size: int = 32
+    # Latent statistics for pipelines; diffusers' AutoencoderKL itself never reads them, and EchoFlow scales
+    # latents with its own per-channel scaling.pt instead (spec 1.2). Accepted so configs round-trip.
     scaling_factor: float = 0.18215
     shift_factor: float | None = None
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
-    force_upcast: bool = True
+    force_upcast: bool = True  # read by the pipeline and the loader node: float16 requests run in float32
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
@@ -49,9 +62,12 @@ class AutoencoderKLConfig:
         bad = [b for b in self.down_block_types if b not in SUPPORTED_DOWN_BLOCKS]
         bad += [b for b in self.up_block_types if b not in SUPPORTED_UP_BLOCKS]
         if bad:
-            raise ValueError(f"AutoencoderKL config: unsupported block types {sorted(set(bad))}")
+            raise ValueError(
+                f"AutoencoderKL config: block types {sorted(set(bad))} are not supported; only "
+                f"down_block_types {list(SUPPORTED_DOWN_BLOCKS)} and up_block_types {list(SUPPORTED_UP_BLOCKS)}"
+            )
         if self.act_fn != "silu":
-            raise ValueError(f"AutoencoderKL config: act_fn {self.act_fn!r} is not supported (only 'silu')")
+            raise ValueError(f"AutoencoderKL config: act_fn={self.act_fn!r} is not supported; only 'silu'")
 
 
 class DiagonalGaussian:

@@ -524,10 +524,9 @@ def test_activation_estimates_scale_with_the_work(tiny_root):
         assert one > 0 and activation_bytes(model, 8) == pytest.approx(8 * one, rel=1e-6)
         assert activation_bytes(model, 1, torch.bfloat16) == pytest.approx(one / 2, rel=1e-6)
     # the released STDiT-S/2 at 64 frames needs far more than the demo's
-    from echoflow_models.lvfm import DiffuserSTDiT, STDiTConfig
+    from echoflow_models.lvfm import RELEASE_LAYOUT, SIZE_PRESETS, DiffuserSTDiT, STDiTConfig
 
-    released = DiffuserSTDiT(STDiTConfig(input_size=[64, 28, 28], in_channels=8, patch_size=[1, 2, 2], hidden_size=384,
-                                         depth=1, num_heads=6, caption_channels=1, model_max_length=1))
+    released = DiffuserSTDiT(STDiTConfig(**{**RELEASE_LAYOUT, **SIZE_PRESETS["STDiT-S/2"], "depth": 1}))
     demo_lvfm = load_model(demo / "lvfm" / "phantom-stdit")
     assert activation_bytes(released, 1) > 10 * activation_bytes(demo_lvfm, 1)
     with pytest.raises(ValueError, match="no activation-memory estimate"):

@@ -6,23 +6,19 @@ import json
 
 import pytest
 
+from echoflow_models import lifm, lvfm, vae
 from echoflow_models.checkpoint import build_model
 from echoflow_models.reid import ReIDConfig, ReIDResNet18
 
+# The size presets and release layouts beside the networks must build exactly the manifests' keys and shapes.
 CONFIGS = {
-    "lifm_dit_s2": ("SegDiTTransformer2DModel", {
-        "num_attention_heads": 6, "attention_head_dim": 64, "in_channels": 5, "out_channels": 4,
-        "num_layers": 12, "sample_size": 28, "patch_size": 2, "num_embeds_ada_norm": 3,
-    }),
-    "lvfm_stdit_s2": ("DiffuserSTDiT", {
-        "input_size": [64, 28, 28], "in_channels": 8, "out_channels": 4, "patch_size": [1, 2, 2],
-        "hidden_size": 384, "depth": 12, "num_heads": 6, "caption_channels": 1, "model_max_length": 1,
-    }),
-    # the avae-16f8 config.json of the release (spec 1.2)
+    "lifm_dit_s2": ("SegDiTTransformer2DModel", {**lifm.RELEASE_LAYOUT, **lifm.SIZE_PRESETS["DiT-S/2"]}),
+    "lvfm_stdit_s2": ("DiffuserSTDiT", {**lvfm.RELEASE_LAYOUT, **lvfm.SIZE_PRESETS["STDiT-S/2"]}),
+    # the avae-16f8 config.json of the release (spec 1.2): its preset plus the keys that do not set a size
     "vae_avae_16f8": ("AutoencoderKL", {
-        "block_out_channels": [128, 256, 256, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 16,
-        "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 1.33, "mid_block_add_attention": True,
+        **vae.SIZE_PRESETS["avae-16f8"], "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4, "norm_num_groups": 32, "sample_size": 512,
+        "scaling_factor": 1.33, "mid_block_add_attention": True,
     }),
 }
 

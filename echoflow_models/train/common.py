@@ -139,11 +139,6 @@ def lr_factor(step: int, progress: float, warmup: int, schedule: str) -> float:
     return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def clip_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params, clip: float,
                   retain_graph: bool = False) -> float:
     """backward, clip the gradient norm (returns it, before clipping), step, zero the gradients."""
@@ -299,10 +294,6 @@ class Run:
             p = max(p, self.elapsed / budget)
         return p
 
-    def current_lr(self, base: float | None = None) -> float:
-        base = self.args.lr if base is None else base
-        return base * lr_factor(self.step, self.progress(), self.args.warmup, self.args.schedule)
-
     def steps(self) -> Iterator[int]:
         """Yields step indices until --steps or --max-minutes; saves every --save-every and at the end."""
         for m in self.models.values():
@@ -355,10 +346,6 @@ class Run:
             row = {"step": self.step, "minutes": round(self.elapsed / 60.0, 3), **values}
             self._log_fh.write(json.dumps(row) + "\n")
             self._log_fh.flush()
-
-    @property
-    def last_log(self) -> dict:
-        return dict(self._last_log)
 
     # -- saving ------------------------------------------------------------------------------------
     def export_model(self) -> nn.Module:

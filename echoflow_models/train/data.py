@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -538,7 +537,3 @@ def cache_summary(cache: dict) -> str:
     shape = list(cache["mean"].shape[1:])
     parts = ", ".join(f"{k} {v}" for k, v in sorted(by_split.items()))
     return f"{n} videos ({parts}), {frames} frames of latents {shape}, {masks} frames with LV masks"
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
