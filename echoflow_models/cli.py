@@ -36,8 +36,11 @@ SUBCOMMAND_MODULES = ("echoflow_models.dataset_maker", "echoflow_models.train")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="precision of the flow models")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default: the GPU when torch sees one, else the CPU)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                        help="precision of the flow models and the VAE (default fp32; the privacy gate always runs in "
+                             "fp32, and the VAE stays fp32 under fp16 when its config asks to upcast)")
 
 
 def add_weights_args(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +48,8 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
                         help="weights root in the released layout (default: $ECHOFLOW_WEIGHTS or the bundled "
                              "phantom demo weights)")
     parser.add_argument("--vae", default=None, help="VAE folder name under vae/ (default: avae-4f4 or the only one)")
-    parser.add_argument("--lifm", default=None, help="image flow folder name under lifm/")
-    parser.add_argument("--lvfm", default=None, help="video flow folder name under lvfm/")
+    parser.add_argument("--lifm", default=None, help="image flow folder name under lifm/ (default: the only or first one)")
+    parser.add_argument("--lvfm", default=None, help="video flow folder name under lvfm/ (default: the only or first one)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--video-steps", type=int, default=50, metavar="N",
                      help="solver steps for the latent video, 1-10000 (default 50, as the reference)")
     gen.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"],
-                     help="ODE solver: euler (the reference, 1 model call per step) or heun/midpoint (2 calls, "
+                     help="ODE solver (default euler, the reference's: 1 model call per step) or heun/midpoint (2 calls, "
                           "second order)")
     gen.add_argument("--guidance", type=float, default=None, metavar="S",
                      help="EF guidance scale, 0-20, 1 = off (default: the video model's recommended value from its "
