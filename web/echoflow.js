@@ -94,6 +94,20 @@ function showReadout(node, readout, makeRoom) {
     if (makeRoom && node.size[1] > height) makeRoomBelow(node);
   }
   node.setDirtyCanvas?.(true, true);
+  if (makeRoom) rememberWorkflow();
+}
+
+/**
+ * A readout that came from a run is part of the workflow: tell the frontend's change tracker, which otherwise
+ * refreshes the copy it restores on reload only after user input, so a reload would bring back an older run's
+ * readouts. Frontends without a tracker (older, or none) simply keep what they have.
+ */
+function rememberWorkflow() {
+  try {
+    app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.captureCanvasState?.();
+  } catch (err) {
+    console.debug("EchoFlow: could not record the readout for reload", err);
+  }
 }
 
 function drawBadge(node, ctx, text, color) {
