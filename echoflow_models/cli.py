@@ -2,7 +2,10 @@
 
     echoflow generate --view A4C --ef 55 --seed 0 --out out.mp4
     echoflow info PATH                      describe a model folder or a weights root
-    echoflow train|evaluate|bench|run|generate-dataset ...   (see `echoflow COMMAND --help`)
+    echoflow generate-dataset|train ...       (see `echoflow COMMAND --help`)
+
+Workflows, benchmarks and evaluation live beside the library, in the repository: `python -m headless run`,
+`python -m bench`, `python -m research evaluate|tune-guidance|relabel-dataset`.
 """
 
 from __future__ import annotations

@@ -165,7 +165,9 @@ def check_out_folder(out: Path, args: argparse.Namespace) -> list[Path]:
 def run_settings(args: argparse.Namespace, pipe, world: int) -> dict:
     """What a run under one prefix must keep when resumed: anything else would mix two datasets."""
     gate = pipe.gates[args.view]
-    return {"weights": pipe.provenance, "fingerprints": {"lifm": pipe.lifm.fingerprint, "lvfm": pipe.lvfm.fingerprint},
+    # the weights by content (fingerprints), not by the folder's name or how its path was given
+    return {"fingerprints": {"lifm": pipe.lifm.fingerprint, "lvfm": pipe.lvfm.fingerprint,
+                             "vae": pipe.vae.fingerprint, "reid": gate.reid.fingerprint},
             "view": args.view, "image_steps": args.image_steps, "video_steps": args.video_steps,
             "solver": args.solver, "guidance": args.guidance if args.guidance is not None else pipe.default_guidance,
             "tau": gate.tau, "similarity": gate.similarity, "seed": args.seed, "ef_range": list(args.ef_range),
@@ -292,8 +294,9 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
         for j, c in enumerate(keep):
             item = report.items[idx[j]]
             key = generation_key(lifm=settings["fingerprints"]["lifm"], lvfm=settings["fingerprints"]["lvfm"],
-                                 view=view, image_steps=args.image_steps, video_steps=args.video_steps,
-                                 solver=args.solver, guidance=float(guidance), seed=args.seed + c,
+                                 vae=settings["fingerprints"]["vae"], view=view, image_steps=args.image_steps,
+                                 video_steps=args.video_steps, image_solver=args.solver, video_solver=args.solver,
+                                 guidance=float(guidance), dtype=args.dtype, seed=args.seed + c,
                                  video_seed=args.seed + c, ef=efs[j])
             extra = {"View": view, "MaxSimilarity": f"{item.max_similarity:.6f}", "Tau": f"{report.tau:.6g}",
                      "Seed": args.seed + c, "VideoSeed": args.seed + c, "Weights": weights_id, "Generation": key}

@@ -122,26 +122,31 @@ def check_tau_option(args: argparse.Namespace, views: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------- threads
 def physical_cores() -> int:
-    """Physical CPU cores (hyper-threads not counted); falls back to the logical count."""
+    """Physical CPU cores this process may run on: hyper-threads are not counted, and a CPU affinity
+    (taskset, Slurm, a container's cpuset) limits the count. Falls back to the allowed logical CPUs."""
+    try:
+        allowed = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = set(range(os.cpu_count() or 1))
     cores = set()
     try:
-        physical = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        processor = physical = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "physical id":
+            if key == "processor":
+                processor = int(value)
+            elif key == "physical id":
                 physical = value.strip()
             elif key == "core id":
                 core = value.strip()
-            elif not line.strip() and core is not None:
-                cores.add((physical, core))
-                physical = core = None
-        if core is not None:
-            cores.add((physical, core))
-    except OSError:
-        pass
-    logical = os.cpu_count() or 1
-    return max(1, min(len(cores), logical)) if cores else logical
+            elif not line.strip():
+                if processor in allowed and core is not None:
+                    cores.add((physical, core))
+                processor = physical = core = None
+    except (OSError, ValueError):
+        cores = set()
+    return max(1, min(len(cores), len(allowed))) if cores else max(1, len(allowed))
 
 
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:

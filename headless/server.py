@@ -237,13 +237,27 @@ def run_on_server(
                     if not isinstance(item, dict) or item.get("type") != "output":
                         continue
                     query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
-                    dest = Path(output_dir) / item.get("subfolder", "") / item["filename"]
+                    dest = download_target(Path(output_dir), str(item.get("subfolder", "")), str(item["filename"]))
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with urllib.request.urlopen(f"{base}/view?{query}", timeout=120) as resp:
-                        dest.write_bytes(resp.read())
+                        data = resp.read()
+                    with open(dest, "xb") as fh:  # never replaces a file (the name was checked free above)
+                        fh.write(data)
                     files.append(str(dest))
                     if log:
                         log(f"downloaded {dest}")
     return {"prompt_id": prompt_id, "outputs": outputs, "files": files}
 
 
+
+
+def download_target(out: Path, subfolder: str, filename: str) -> Path:
+    """Where a server's output goes under --out: names come from the server, so a path that leaves --out
+    (``..``, an absolute subfolder) or a file that exists already is refused, never written."""
+    base = out.resolve()
+    dest = (base / subfolder / filename).resolve()
+    if base not in dest.parents:
+        raise WorkflowError(f"the server named an output outside --out ({subfolder!r}/{filename!r}); not downloaded")
+    if dest.exists():
+        raise WorkflowError(f"{dest} exists already; choose another --out (downloads never replace files)")
+    return dest

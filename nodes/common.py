@@ -125,8 +125,9 @@ def make_video_info(meta: dict, frames_per_video: int, videos: int) -> dict:
         if len(passed) == videos:
             item["max_similarity"] = passed[i].get("max_similarity")
         items.append({k: v for k, v in item.items() if v is not None})
-    run = {k: meta[k] for k in ("view", "lifm_model", "lvfm_model", "lifm_id", "lvfm_id", "guidance", "image_steps",
-                                "video_steps", "solver", "masked") if meta.get(k) is not None}
+    run = {k: meta[k] for k in ("view", "lifm_model", "lvfm_model", "lifm_id", "lvfm_id", "vae_id", "lifm_dtype",
+                                "lvfm_dtype", "vae_dtype", "guidance", "image_steps", "video_steps", "image_solver",
+                                "video_solver", "masked") if meta.get(k) is not None}
     if privacy is not None:
         run["privacy"] = {k: v for k, v in privacy.items() if k != "items"}
     return {"frames_per_video": int(frames_per_video), "videos": int(videos), "run": run, "items": items}

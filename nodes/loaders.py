@@ -175,44 +175,46 @@ class EchoFlowLoadVideoFlow:
 
 
 def _gate_roots(reid_folder: Path) -> list[Path]:
-    """Weights roots whose gates.json / assets/ may belong to this ReID: its own root first."""
-    roots = [bridge.model_root_of(reid_folder), *bridge.model_roots()]
+    """Weights roots whose gates.json / assets/ may belong to this ReID: its own root first, then the user's
+    model roots. The bundled demo root only for the demo's own ReID: a released ReID must never be paired
+    with the demo's phantom bank (it would judge against the wrong patients and pass everything)."""
+    own = bridge.model_root_of(reid_folder).resolve()
     demo = bridge.demo_root()
-    if demo is not None:
-        roots.append(demo)
+    demo = demo.resolve() if demo is not None else None
+    if own == demo:
+        return [own]
     unique: list[Path] = []
-    for root in roots:
-        if root not in unique:
+    for root in (own, *(r.resolve() for r in bridge.model_roots())):
+        if root != demo and root not in unique:
             unique.append(root)
     return unique
 
 
-def _own_gate_entry(reid_folder: Path, view: str) -> dict | None:
-    """The first gates.json entry for `view` that names this ReID (its own weights root first, then every
-    model root): the source of the calibrated tau and of the banks' latent shape. A malformed gates.json
-    is an error naming the file."""
+def _own_gate_entry(reid_folder: Path, view: str) -> tuple[dict | None, Path | None]:
+    """The first gates.json entry for `view` that names this ReID (its own weights root first, then the
+    user's model roots) and the root it is in: the source of the calibrated tau, the banks and their latent
+    shape. A malformed gates.json is an error naming the file."""
     from echoflow_models.privacy import read_gates_manifest
 
     for root in _gate_roots(reid_folder):
         entry = (read_gates_manifest(root) or {}).get(view)
         if entry is not None and entry["reid"] == reid_folder.name:
-            return entry
-    return None
+            return entry, root
+    return None, None
 
 
 def _auto_banks(reid_folder: Path, view: str) -> list[Path]:
-    """The anatomy banks the release pairs with ``view``: names from a ``gates.json`` (the ReID's own
-    weights root first, then every model root) or the release's table, found in any ``assets/`` folder."""
-    from echoflow_models.privacy import RELEASED_GATES, read_gates_manifest
+    """The anatomy banks that belong to this ReID for ``view``: the banks of a ``gates.json`` entry that names
+    it (`_own_gate_entry`), else the release's table, found in the assets/ of the ReID's own root first, then
+    of the user's model roots (never the demo's, for a ReID that is not the demo's)."""
+    from echoflow_models.privacy import RELEASED_GATES
 
     roots = _gate_roots(reid_folder)
-    names = None
-    for root in roots:
-        table = read_gates_manifest(root)
-        if table is not None and view in table:
-            names = list(table[view]["banks"])
-            break
-    if names is None:
+    entry, entry_root = _own_gate_entry(reid_folder, view)
+    if entry is not None:
+        names = list(entry["banks"])
+        roots = [entry_root, *[r for r in roots if r != entry_root]]
+    else:
         if view not in RELEASED_GATES:
             raise EchoFlowInputError(f"no anatomy banks known for view {view!r}; choose a bank file")
         names = list(RELEASED_GATES[view][1])
@@ -271,7 +273,7 @@ class EchoFlowLoadPrivacyGate:
                 "bank": (banks, {"default": bridge.AUTO, "tooltip": "Anatomy bank (anatomies_*.pt: one ReID "
                                  "embedding per real training anatomy). 'auto' takes the banks the release "
                                  "pairs with this view (A4C: dynamic + ped_a4c) next to the ReID folder."}),
-                "tau": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001, "round": 0.00001,
+                "tau": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001, "round": 0.000001,
                                   "tooltip": "Similarity threshold: a latent passes only if its maximum "
                                   "similarity to the bank is strictly below tau. 0 = the weights' calibrated "
                                   "tau (gates.json beside the ReID model, else the release's 0.9997), shown "
@@ -300,7 +302,7 @@ class EchoFlowLoadPrivacyGate:
         if view not in VIEWS:
             raise EchoFlowInputError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
         folder = bridge.resolve_model("reid", reid_name)
-        own = _own_gate_entry(folder, view)
+        own, _root = _own_gate_entry(folder, view)
         requested = None if isinstance(tau, int | float) and not isinstance(tau, bool) and tau == 0 else tau
         try:
             decision = decide_tau(requested, own["tau"] if own else None, allow_looser=bool(allow_looser_tau),

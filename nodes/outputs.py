@@ -231,15 +231,16 @@ class EchoFlowSaveEchoNetDataset:
         weights = "+".join(str(run[k]) for k in ("lifm_model", "lvfm_model") if run.get(k))
         progress = bridge.Progress(len(videos), "save dataset")
         added, duplicates = [], []
-        key_fields = ("lifm_id", "lvfm_id", "view", "image_steps", "video_steps", "solver", "guidance")
+        # everything that decides the pixels; a video whose metadata lacks any of it gets no key (the ContentHash
+        # still keeps byte-identical frames out)
+        key_fields = ("lifm_id", "lvfm_id", "vae_id", "lifm_dtype", "lvfm_dtype", "vae_dtype", "view", "image_steps",
+                      "video_steps", "image_solver", "video_solver", "guidance")
         for i, video in enumerate(videos):
             item = items[i]
             generation = None
             if all(run.get(k) is not None for k in key_fields) and not run.get("masked") \
                     and all(item.get(k) is not None for k in ("seed", "video_seed", "ef")):
-                generation = generation_key(lifm=run["lifm_id"], lvfm=run["lvfm_id"], view=run["view"],
-                                            image_steps=run["image_steps"], video_steps=run["video_steps"],
-                                            solver=run["solver"], guidance=float(run["guidance"]), seed=item["seed"],
+                generation = generation_key(**{k: run[k] for k in key_fields}, seed=item["seed"],
                                             video_seed=item["video_seed"], ef=float(item["ef"]))
             extra = {"View": run.get("view") or privacy.get("view") or "", "Weights": weights or None,
                      "Generation": generation,

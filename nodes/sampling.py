@@ -99,8 +99,9 @@ class EchoFlowSampleImage:
 
         z = torch.cat(run_in_chunks(batch_size, batch_size, run, "sampling"))
         latents = make_latent(z, view=view, seeds=[seed + i for i in range(batch_size)],
-                              image_steps=steps, solver=solver, masked=mask is not None, lifm_model=lifm.name,
-                              lifm_id=getattr(lifm.module, "fingerprint", None))
+                              image_steps=steps, image_solver=solver, masked=mask is not None, lifm_model=lifm.name,
+                              lifm_id=getattr(lifm.module, "fingerprint", None),
+                              lifm_dtype=str(lifm.dtype).replace("torch.", ""))
         ui = {}
         if vae is not None:
             ui["images"] = save_preview(make_pipeline(vae=vae).decode(z))
@@ -181,8 +182,9 @@ class EchoFlowAnimate:
         video = torch.cat(run_in_chunks(b, b, run, "animation"))
         meta = {k: v for k, v in latents.items() if k != "samples"}
         meta.update(ef=[float(ef)] * b, video_seeds=[seed + i for i in range(b)], video_steps=steps,
-                    guidance=float(guidance), solver=solver, ef_category=ef_category(float(ef)),
-                    lvfm_model=lvfm.name, lvfm_id=getattr(lvfm.module, "fingerprint", None))
+                    guidance=float(guidance), video_solver=solver, ef_category=ef_category(float(ef)),
+                    lvfm_model=lvfm.name, lvfm_id=getattr(lvfm.module, "fingerprint", None),
+                    lvfm_dtype=str(lvfm.dtype).replace("torch.", ""))
         return {"ui": {"ef": [float(ef)], "ef_category": [ef_category(float(ef))], "guidance": [guidance],
                        "text": [f"EF {float(ef):g} % ({ef_category(float(ef))}), guidance {guidance:g}"]},
                 "result": (make_latent(video, **meta), float(ef))}

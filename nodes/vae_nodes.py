@@ -85,6 +85,7 @@ class EchoFlowVAEDecode:
         frames = torch.cat(run_in_chunks(flat.shape[0], chunk_size, run, "decode"))
         images, _ = uint8_to_image(frames)
         meta = {k: v for k, v in latents.items() if k != "samples"}
+        meta.update(vae_id=getattr(vae.module, "fingerprint", None), vae_dtype=str(vae.dtype).replace("torch.", ""))
         return (images, make_video_info(meta, int(t), int(b)))
 
 

@@ -631,3 +631,53 @@ def test_masks_and_frames_that_guide_or_show_nothing_are_refused(M, comfy_env):
     with pytest.raises(ValueError, match="NaN or inf"):
         M["EchoFlowSaveVideo"]().save(torch.full((2, 8, 8, 3), float("nan")), "x", 8.0, "mp4")
     assert not list(comfy_env.rglob("*.mp4"))
+
+
+def test_a_released_reid_is_never_paired_with_the_demo_bank(M, comfy_env, tmp_path, monkeypatch, reid_tiny_dir):
+    """A released-layout root (no gates.json) next to the bundled demo: 'auto' banks are the release's
+    anatomies_dynamic/ped_a4c of that root, never the demo's phantom bank; missing ones are an error."""
+    import shutil
+
+    root = tmp_path / "rel"
+    shutil.copytree(ROOT / "echoflow_models" / "weights" / "phantom" / "reid" / "phantom-4f4", root / "reid" / "dynamic-4f4")
+    (root / "assets").mkdir()
+    monkeypatch.setenv("ECHOFLOW_MODEL_PATH", str(root))
+    loader = M["EchoFlowLoadPrivacyGate"]()
+    with pytest.raises(FileNotFoundError, match="anatomies_dynamic.pt, anatomies_ped_a4c.pt not found"):
+        loader.load("reid/dynamic-4f4", "A4C", "auto", 0.0, "pearson")
+    bank = torch.sigmoid(torch.randn(5, 128, generator=torch.Generator().manual_seed(0)))
+    torch.save(bank, root / "assets" / "anatomies_dynamic.pt")
+    torch.save(bank[:3], root / "assets" / "anatomies_ped_a4c.pt")
+    out = loader.load("reid/dynamic-4f4", "A4C", "auto", 0.0, "pearson")
+    gate = out["result"][0]
+    assert gate.extra["bank"].shape[0] == 8 and gate.extra["tau"] == 0.9997
+    assert gate.extra["banks"] == ["assets/anatomies_dynamic.pt", "assets/anatomies_ped_a4c.pt"]
+    assert "phantom" not in out["ui"]["text"][0]
+
+
+def test_downloads_from_a_server_stay_inside_out(tmp_path):
+    from headless.server import download_target
+
+    assert download_target(tmp_path, "echoflow", "a.mp4") == (tmp_path / "echoflow" / "a.mp4").resolve()
+    for sub, name in (("..", "a.mp4"), ("/etc", "x"), ("a/../..", "b")):
+        with pytest.raises(headless.WorkflowError, match="outside --out"):
+            download_target(tmp_path, sub, name)
+    (tmp_path / "old.mp4").write_bytes(b"mine")
+    with pytest.raises(headless.WorkflowError, match="exists already"):
+        download_target(tmp_path, "", "old.mp4")
+
+
+def test_threads_default_counts_only_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    from echoflow_models.options import physical_cores
+
+    assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert physical_cores() == 1
+
+
+def test_save_video_refuses_the_output_folder_itself(M, comfy_env):
+    with pytest.raises(ValueError, match="outside the output folder"):
+        M["EchoFlowSaveVideo"]().save(torch.rand(2, 8, 8, 3), "x/..", 8.0, "mp4")
+    assert not list(comfy_env.parent.glob("*.mp4"))

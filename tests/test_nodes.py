@@ -604,11 +604,11 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, tiny_root, pack
 
     m = b.ManagedModel(load_model(tiny_root / "lifm" / "tiny"), torch.float32, "lifm", "lifm/tiny")
     assert calls.patchers and calls.patchers[0].model is m._holder and type(m._holder).__name__ == "EchoFlowLIFM"
-    assert b.load_models([m]) == torch.device("cpu") and calls.load == [(1, 0, False)]
-    # a real activation estimate is passed on, and ComfyUI may load partly (no force_full_load), as core does
+    assert b.load_models([m]) == torch.device("cpu") and calls.load == [(1, 0, True)]
+    # a real activation estimate is passed on (ComfyUI frees or offloads other models first); ours load fully
     need = b.activation_memory(m, 4)
     b.load_models([m], memory_required=need)
-    assert calls.load[-1] == (1, need, False) and need == 4 * b.activation_memory(m, 1)
+    assert calls.load[-1] == (1, need, True) and need == 4 * b.activation_memory(m, 1)
     p = b.Progress(3, "x")
     cb = p.callback()
     for i in range(3):

@@ -41,3 +41,15 @@ def test_the_generate_command_parses_and_is_privacy_checked():
     assert argv[0] == "generate" and args.view == "A4C" and args.ef == 55 and args.seed == 0
     assert args.out == "out.mp4"
     assert "--tau" not in argv  # the release's gate threshold, not a loosened one
+
+
+def test_no_text_sends_a_user_to_a_command_that_no_longer_exists():
+    """`run`, `evaluate`, `bench`, `tune-guidance` and `relabel-dataset` left the `echoflow` command (they
+    live in headless/, bench/ and research/); nothing a user reads may still offer them there."""
+    import re
+
+    gone = re.compile(r"(?<![\w/-])echoflow (run|evaluate|bench|tune-guidance|relabel-dataset)\b")
+    places = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("workflows/*.json"),
+              *ROOT.rglob("echoflow_models/**/*.py"), *ROOT.glob("nodes/**/*.py"), *ROOT.glob("headless/*.py")]
+    offenders = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in places for m in gone.finditer(p.read_text())]
+    assert not offenders, offenders

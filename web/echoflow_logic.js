@@ -66,6 +66,9 @@ export function gateTauLine(decision) {
   if (decision.looser_than_calibrated) {
     return { color: "#d9534f", text: `τ ${tau} LOOSER than calibrated ${calibrated} (opted in)` };
   }
+  if (decision.tau_chosen_by === "user (equal)") {
+    return { color: "#5cb85c", text: `τ ${tau} (as calibrated, ${decision.calibrated_source ?? "?"})` };
+  }
   if (decision.tau_chosen_by === "calibrated") {
     return { color: "#5cb85c", text: `τ ${tau} (calibrated, ${decision.calibrated_source ?? "?"})` };
   }

@@ -40,8 +40,9 @@ def safe_subpath(base: Path, relative: str) -> Path:
     """``base / relative``, refusing anything that would leave base (like ComfyUI's save-path check)."""
     base_r = base.resolve()
     out = (base / relative).resolve()
-    if out != base_r and base_r not in out.parents:
-        raise ValueError(f"{relative!r} points outside the output folder {base_r}")
+    if base_r not in out.parents:  # the output folder itself is refused too: its parent is outside
+        raise ValueError(f"{relative!r} points outside the output folder {base_r} (or at the folder itself); "
+                         "give a sub-folder or file prefix inside it, e.g. echoflow/EchoFlow")
     return out
 
 

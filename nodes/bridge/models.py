@@ -70,13 +70,13 @@ def load_models(models: Iterable[ManagedModel | None], memory_required: int = 0)
     """Move models to the compute device (through ``load_models_gpu`` in ComfyUI); returns the device.
 
     ``memory_required``: activation bytes the coming forward passes need (``activation_memory``), which
-    ComfyUI reserves by freeing or offloading other models, and by loading these only partly when the
-    device is too small, as core nodes do."""
+    ComfyUI reserves by freeing or offloading other models first. Ours load fully: ComfyUI can only part-load
+    modules built from its own ``comfy.ops`` layers, and a plain torch module split between devices fails."""
     models = [m for m in models if m is not None]
     device = torch_device()
     patchers = [m.patcher for m in models if m.patcher is not None]
     if patchers:
-        _mm.load_models_gpu(patchers, memory_required=int(memory_required))
+        _mm.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
     for m in models:
         if m.patcher is None and m.device != device:
             m._holder.to(device)

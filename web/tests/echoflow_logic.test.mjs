@@ -182,3 +182,9 @@ test("Animate shows the guidance it used and Save Video says when nothing was ke
   const dataset = readoutFromMessage("text", { text: ["2 video(s) added to echoflow/ds (2 in FileList.csv)"] });
   assert.deepEqual(dataset.lines, ["2 video(s) added to echoflow/ds (2 in FileList.csv)"]);
 });
+
+test("a tau typed equal to the calibrated one is shown as such, not as stricter", () => {
+  const equal = { tau: 0.9997, calibrated_tau: 0.9997, calibrated_source: "release default", tau_chosen_by: "user (equal)",
+    looser_than_calibrated: false };
+  assert.equal(gateTauLine(equal).text, "τ 0.9997 (as calibrated, release default)");
+});
