@@ -42,6 +42,7 @@ from echoflow_models.echonet import (
 )
 from echoflow_models.efnet import EFRegressor, video_to_input
 from echoflow_models.metrics import psnr, regression_metrics, ssim, temporal_flicker
+from echoflow_models.options import add_threads_arg, apply_threads
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.pipeline import EchoFlowPipeline, PrivacyGateError
 from echoflow_models.progress import ProgressBar
@@ -505,8 +506,7 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
 def cmd_relabel_dataset(args: argparse.Namespace) -> int:
     from echoflow_models.checkpoint import CheckpointError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     try:
         folder = Path(args.regressor) if args.regressor else ef_regressor_folder(
             Path(args.weights) if args.weights else default_weights_root())
@@ -531,8 +531,7 @@ def cmd_tune_guidance(args: argparse.Namespace) -> int:
         candidates = [float(x) for x in args.candidates.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"error: --candidates must be comma-separated numbers, got {args.candidates!r}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     pipe = EchoFlowPipeline.from_folder(root, lvfm=args.lvfm, views=[args.view], device="cpu")
     try:
         regressor_folder = ef_regressor_folder(root)
@@ -594,8 +593,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             setattr(sizes, field_name, value)
     if sizes.regressor_seeds < 1:
         raise SystemExit(f"error: --regressor-seeds must be >= 1, got {sizes.regressor_seeds}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     report = run_evaluation(root, sizes, seed=args.seed, view=args.view, work=args.work, quiet=args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -626,7 +624,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="EF classifier-free guidance for every generated video, 1 = none (default: the "
                         "video model's recommended value from its sampling.json, else 1)")
     p.add_argument("--work", default=None, help="keep the generated datasets here (default: a temp dir)")
-    p.add_argument("--threads", type=int, default=None)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -640,7 +638,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("data", help="EchoNet-layout folder (FileList.csv + Videos/), e.g. from generate-dataset")
     r.add_argument("--regressor", default=None, help="EF regressor folder (default: the weights' ef/ model)")
     r.add_argument("--weights", default=None, help="weights root (default: the bundled phantom demo weights)")
-    r.add_argument("--threads", type=int, default=None)
+    add_threads_arg(r)
     r.set_defaults(func=cmd_relabel_dataset)
 
     t = subparsers.add_parser(
@@ -657,6 +655,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--image-steps", type=int, default=50)
     t.add_argument("--video-steps", type=int, default=50)
     t.add_argument("--write", action="store_true", help="save the choice as the model's sampling.json")
-    t.add_argument("--threads", type=int, default=None)
+    add_threads_arg(t)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_tune_guidance)
