@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from .options import (
     apply_threads,
     check_count,
     check_output_file,
-    check_positive,
+    check_sampling_options,
     check_tau_option,
     pick_device,
     require,
@@ -60,7 +59,6 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 def _check_generate_args(args: argparse.Namespace) -> dict:
     """Every `generate` option checked before any model loads; returns what the run needs (paths, mask)."""
-    from .checkpoint import MAX_GUIDANCE
     from .conventions import check_ef
     from .pipeline import MAX_TRIES, RETRY_SEED_STRIDE
     from .sampling import check_seed
@@ -72,13 +70,7 @@ def _check_generate_args(args: argparse.Namespace) -> dict:
         raise UsageError(str(exc)) from None
     check_tau_option(args, [args.view.upper()])
     check_count(args.max_tries, "--max-tries", 1, MAX_TRIES)
-    check_count(args.image_steps, "--image-steps", 1, 10_000)
-    check_count(args.video_steps, "--video-steps", 1, 10_000)
-    if args.guidance is not None:
-        require(math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE,
-                f"--guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance:g}")
-    if args.fps is not None:
-        check_positive(args.fps, "--fps", 240)
+    check_sampling_options(args)
     out = check_output_file(args.out, "--out", (".mp4", ".avi"), args.overwrite)
     avi = None
     if args.avi:
@@ -168,7 +160,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Load every model strictly (shapes, finite values) and check a weights root's assets and gates.json."""
     from .checkpoint import load_model, read_model_class
     from .conventions import VIEWS
-    from .privacy import GATES_NAME, bank_latent_shape, gate_spec, load_gate
+    from .privacy import GATES_NAME, gate_spec, load_gate
     from .scaling import LatentScaler
     from .weights import KINDS, find_model_folders, is_model_folder
 
@@ -202,8 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         except FileNotFoundError as exc:
             print(f"privacy gate {view}: not available ({exc})")
             continue
-        gate = load_gate(spec)
-        bank_latent_shape(gate.reid, spec.reid_folder.name, spec.latent_shape)
+        gate = load_gate(spec)  # refuses a ReID/bank/latent shape it cannot judge with
         extra = gate.report_extra
         print(f"privacy gate {view}: {extra['reid']} + {', '.join(extra['banks'])} ({gate.bank.shape[0]} rows), "
               f"judges latents {list(gate.latent_shape)}, tau {gate.tau:g} ({extra['calibrated_source']})")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .conventions import EF_MAX, EF_MIN, VIEWS, dtype_of
-from .options import UsageError, add_threads_arg, apply_threads, check_count, check_positive, require
+from .options import UsageError, add_threads_arg, apply_threads, check_count, require
 
 RUNS_NAME = ".echoflow-dataset-runs.json"
 EXIT_GATE_REJECTED = 3  # as `echoflow generate`: the gate rejected every candidate allowed
@@ -118,8 +118,7 @@ def existing_candidates(folder: Path, prefix: str) -> set[int]:
 # ------------------------------------------------------------------------------------------------ checks
 def check_args(args: argparse.Namespace) -> None:
     """Every option checked before any model loads (UsageError: exit status 2)."""
-    from .checkpoint import MAX_GUIDANCE
-    from .options import check_tau_option
+    from .options import check_sampling_options, check_tau_option
     from .sampling import check_seed
     from .synthetic_dataset import check_name_prefix
 
@@ -128,16 +127,11 @@ def check_args(args: argparse.Namespace) -> None:
     require(math.isfinite(lo) and math.isfinite(hi) and EF_MIN <= lo <= hi <= EF_MAX,
             f"--ef-range must satisfy {EF_MIN:g} <= LO <= HI <= {EF_MAX:g}, got {lo:g} {hi:g}")
     check_count(args.batch_size, "--batch-size", 1, 1024)
-    check_count(args.image_steps, "--image-steps", 1, 10_000)
-    check_count(args.video_steps, "--video-steps", 1, 10_000)
-    check_positive(args.fps, "--fps", 240)
+    check_sampling_options(args)
     require(0 <= args.val_frac <= 1 and 0 <= args.test_frac <= 1 and args.val_frac + args.test_frac <= 1,
             f"--val-frac and --test-frac must be in [0, 1] with a sum <= 1, got {args.val_frac:g} {args.test_frac:g}")
     if args.max_candidates is not None:
         check_count(args.max_candidates, "--max-candidates", 1)
-    if args.guidance is not None:
-        require(math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE,
-                f"--guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance:g}")
     try:
         check_name_prefix(args.prefix, "--prefix")
         # candidates (and their seeds) run up to about 20 x count + a few batches

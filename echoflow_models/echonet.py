@@ -288,6 +288,34 @@ def load_echonet_videos(
 # --------------------------------------------------------------------------------------------------- #
 # Writing
 # --------------------------------------------------------------------------------------------------- #
+def missing_columns(csv_path: Path, raw: bytes, extra_columns: Sequence[str], add_missing_columns: bool) -> list[str]:
+    """The asked-for columns an existing FileList (its bytes `raw`) lacks; refused unless `add_missing_columns`.
+    Read-only: the writer and the preflight (`synthetic_dataset.check_dataset_folder`) share it."""
+    try:
+        first_line = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    except (StopIteration, UnicodeDecodeError) as exc:
+        raise EchoNetFormatError(f"{csv_path}: empty or not UTF-8 text ({exc})") from None
+    header = _parse_header(first_line, csv_path)
+    missing = [c for c in extra_columns if c not in header]
+    if missing and not add_missing_columns:
+        raise EchoNetFormatError(
+            f"{csv_path} has no column(s) {', '.join(missing)}: it was not written by this tool for "
+            "this kind of data (a real dataset?). Writing into it would mix new rows with rows that "
+            "cannot be told apart. Use a new folder, or opt in to appending (generate-dataset "
+            "--append-to-existing, or the node's append_to_existing): the original is kept as "
+            "FileList.original.csv and every new row is marked in the added columns"
+        )
+    return missing
+
+
+def journal_names(root: Path) -> set[str]:
+    """Names the writer under `root` began to write and has not finished (its journal)."""
+    path = Path(root) / JOURNAL_NAME
+    if not path.is_file():
+        return set()
+    return {line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()}
+
+
 class EchoNetWriter:
     """Append videos and FileList.csv rows to an EchoNet-Dynamic folder, resume-safe, never overwriting.
 
@@ -317,7 +345,7 @@ class EchoNetWriter:
                 raise ValueError(f"EchoNetWriter: bad extra column name {col!r}")
         if self.csv_path.is_file() and not add_missing_columns:
             # refuse a foreign FileList before creating anything (not even the lock file) in its folder
-            self._missing_columns(self.csv_path.read_bytes(), extra_columns)
+            missing_columns(self.csv_path, self.csv_path.read_bytes(), extra_columns, add_missing_columns)
         video_io.make_folder(self.videos_dir, "EchoNetWriter")
         self._fh = None
         self._lock_fh = None
@@ -336,7 +364,7 @@ class EchoNetWriter:
         self.original_filelist: Path | None = None
         if self.csv_path.exists():
             raw = self.csv_path.read_bytes()
-            missing = self._missing_columns(raw, extra_columns)
+            missing = missing_columns(self.csv_path, raw, extra_columns, self.add_missing_columns)
             if missing:
                 raw = self._add_columns(raw, missing)
             if raw and not raw.endswith(b"\n"):
@@ -358,24 +386,6 @@ class EchoNetWriter:
         self._csv = csv.writer(self._fh, lineterminator="\n")
 
     # -- housekeeping ------------------------------------------------------------------------------- #
-    def _missing_columns(self, raw: bytes, extra_columns: Sequence[str]) -> list[str]:
-        """The asked-for columns the existing FileList lacks; refused unless `add_missing_columns`."""
-        try:
-            first_line = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
-        except (StopIteration, UnicodeDecodeError) as exc:
-            raise EchoNetFormatError(f"{self.csv_path}: empty or not UTF-8 text ({exc})") from None
-        header = _parse_header(first_line, self.csv_path)
-        missing = [c for c in extra_columns if c not in header]
-        if missing and not self.add_missing_columns:
-            raise EchoNetFormatError(
-                f"{self.csv_path} has no column(s) {', '.join(missing)}: it was not written by this tool for "
-                "this kind of data (a real dataset?). Writing into it would mix new rows with rows that "
-                "cannot be told apart. Use a new folder, or opt in to appending (generate-dataset "
-                "--append-to-existing, or the node's append_to_existing): the original is kept as "
-                "FileList.original.csv and every new row is marked in the added columns"
-            )
-        return missing
-
     def _add_columns(self, raw: bytes, missing: Sequence[str]) -> bytes:
         """Opted-in append to a FileList without our columns: keep the original byte for byte beside it,
         then atomically replace FileList.csv by the same rows with the columns added (empty cells)."""
@@ -400,12 +410,6 @@ class EchoNetWriter:
         self._write_bytes(tmp, data)
         os.replace(tmp, self.csv_path)
         return data
-
-    def _journal_names(self) -> set[str]:
-        path = self.root / JOURNAL_NAME
-        if not path.is_file():
-            return set()
-        return {line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()}
 
     def _journal(self, name: str) -> None:
         with open(self.root / JOURNAL_NAME, "a") as fh:
@@ -468,7 +472,7 @@ class EchoNetWriter:
     def _cleanup(self) -> None:
         """Remove what an interrupted write of ours left (partial files, journalled videos without a row);
         list, never touch, everything else."""
-        ours = {f"{name}.avi" for name in self._journal_names()}  # exactly the names this writer writes
+        ours = {f"{name}.avi" for name in journal_names(self.root)}  # exactly the names this writer writes
         for p in sorted(self.videos_dir.iterdir()):
             if video_io.is_partial_file(p):
                 p.unlink()

@@ -55,6 +55,20 @@ def check_positive(value: float, option: str, high: float | None = None) -> floa
     return value
 
 
+def check_sampling_options(args: argparse.Namespace) -> None:
+    """--image-steps, --video-steps, --guidance and --fps, as `generate` and `generate-dataset` share them."""
+    from .checkpoint import MAX_GUIDANCE
+    from .sampling import MAX_STEPS
+
+    check_count(args.image_steps, "--image-steps", 1, MAX_STEPS)
+    check_count(args.video_steps, "--video-steps", 1, MAX_STEPS)
+    if args.guidance is not None:
+        require(math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE,
+                f"--guidance must be in [0, {MAX_GUIDANCE:g}] (1 = off), got {args.guidance:g}")
+    if args.fps is not None:
+        check_positive(args.fps, "--fps", 240)
+
+
 # ------------------------------------------------------------------------------------------- outputs
 def check_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str, ...], overwrite: bool) -> Path:
     """An output file that can be written: supported suffix, not a folder, not there yet (or `overwrite`),

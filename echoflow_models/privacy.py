@@ -105,11 +105,7 @@ def decide_tau(
             f"look-alikes of training patients would pass. Leave {option} unset to use the calibrated value, "
             f"choose a lower (stricter) one, or set {opt_in} to accept the risk (it is written into the report)"
         )
-    if tau > calibrated:
-        chosen = "user (LOOSER, opted in)"
-    else:
-        chosen = "user (stricter)" if tau < calibrated else "user (equal)"
-    return TauDecision(tau, calibrated, source, chosen)
+    return TauDecision(tau, calibrated, source, "user (LOOSER, opted in)" if tau > calibrated else "user (stricter)")
 
 
 # ------------------------------------------------------------------------------------------- gates.json

@@ -22,12 +22,12 @@ from . import video_io
 from .echonet import (
     _NAME_RE,
     FILELIST_NAME,
-    JOURNAL_NAME,
     VIDEOS_DIR,
     EchoNetFormatError,
     EchoNetRecord,
-    EchoNetWriter,
     _parse_filelist_text,
+    journal_names,
+    missing_columns,
     open_writer,
 )
 
@@ -73,14 +73,11 @@ def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], 
     rows: set[str] = set()
     if csv_path.is_file():
         raw = csv_path.read_bytes()
-        probe = EchoNetWriter.__new__(EchoNetWriter)  # only its read-only header check
-        probe.csv_path, probe.add_missing_columns = csv_path, add_missing_columns
-        probe._missing_columns(raw, extra_columns)
+        missing_columns(csv_path, raw, extra_columns, add_missing_columns)
         text = raw.decode("utf-8-sig")
         cut = text.rfind("\n") + 1 if not text.endswith("\n") else len(text)  # a half-written last row is ours
         rows = {r.file_name for r in _parse_filelist_text(text[:cut] or text, csv_path)[1]}
-    journal = root / JOURNAL_NAME
-    ours = {f"{line.strip()}.avi" for line in journal.read_text(errors="replace").splitlines()} if journal.is_file() else set()
+    ours = {f"{name}.avi" for name in journal_names(root)}
     foreign = []
     if videos.is_dir():
         foreign = sorted(p for p in videos.iterdir() if p.suffix.lower() == ".avi" and not video_io.is_partial_file(p)
