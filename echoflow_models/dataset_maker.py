@@ -1,26 +1,32 @@
 """`echoflow generate-dataset`: a privacy-filtered synthetic dataset in the EchoNet-Dynamic layout.
 
-    echoflow generate-dataset --count N --ef-range LO HI --out DIR [...]
-    torchrun --nproc-per-node 4 -m echoflow_models generate-dataset --count N --out DIR     (sharded)
+    echoflow generate-dataset --count N --ef-range LO HI --out DIR [--batch-size B] [...]
+    torchrun --nproc-per-node 4 -m echoflow_models generate-dataset --count N --out DIR     (one shard per rank)
+    echoflow generate-dataset --merge DIR            (assemble the shards into FileList.csv; the last rank does)
 
-Candidate k draws its latent image and its video noise with seed + k and its EF from its seed, so a run is
-a pure function of its settings. Every option is checked, and the folder inspected read-only, before any
-model loads; nothing is written before the models are loaded. A folder is resumed only with the settings it
-was started with (kept per prefix in `.echoflow-dataset-runs.json`), each row records where it comes from
-and the privacy verdict it passed, and a generation already in the dataset (same `Generation` key or the
-same frames) is never written twice. What this command did not write it never deletes or rewrites.
+The dataset is `count` slots. Slot k is the video PREFIX_<k, 7 digits>: its attempt a draws its latent image
+and its video noise with seed + k + a * ATTEMPT_STRIDE and its EF from that seed, and the first attempt the
+privacy gate passes is the slot's video, so a run is a pure function of its settings, whatever the number of
+ranks or the batch size. Rank r of w owns the slots k with k % w == r and writes only its own shard
+(`dataset_shards`); candidates go through the image model, the gate, the video model and the decoder in
+batches, and the gate judges every candidate before any is animated. Every option is checked, and the folder
+inspected read-only, before any model loads; nothing is written before the models are loaded. A folder is
+resumed (with any number of ranks) only with the settings it was started with (kept per prefix in
+`.echoflow-dataset-runs.json`), each row records where it comes from and the privacy verdict it passed, and a
+generation already in the dataset (same `Generation` key or the same frames) is never written twice. What
+this command did not write it never deletes or rewrites.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .conventions import EF_MAX, EF_MIN, VIEWS, dtype_of
@@ -29,6 +35,12 @@ from .options import UsageError, add_threads_arg, apply_threads, check_count, re
 RUNS_NAME = ".echoflow-dataset-runs.json"
 EXIT_GATE_REJECTED = 3  # as `echoflow generate`: the gate rejected every candidate allowed
 MAX_COUNT = 10_000_000
+ATTEMPT_STRIDE = MAX_COUNT  # attempt a of slot k uses seed + k + a * stride: no two slots share a seed
+MAX_ATTEMPTS = 1000  # per slot, as `echoflow generate --max-tries`
+LAYOUT = "slots-v2"  # one name per slot (0..count-1), shards per rank; recorded so an older folder is not mixed in
+MAX_BATCH = 1024
+MAX_AUTO_BATCH = 64
+CPU_BATCH_SIZE = 4  # measured best on the 2-core CPU machine (docs/benchmarks.md, "Dataset generation throughput")
 
 
 # ---------------------------------------------------------------------------------------------- candidates
@@ -45,8 +57,15 @@ def dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def rank_quota(count: int, rank: int, world: int) -> int:
-    return count // world + (1 if rank < count % world else 0)
+def slot_seed(seed: int, slot: int, attempt: int) -> int:
+    """The seed of a slot's attempt (its latent image and its video noise): attempt 0 of slot k uses seed + k;
+    each attempt after a gate rejection moves one stride on, so slots never share a seed."""
+    return seed + slot + attempt * ATTEMPT_STRIDE
+
+
+def rank_slots(count: int, rank: int, world: int) -> range:
+    """The slots a rank owns: a pure function of the slot number, so no rank needs to hear from another."""
+    return range(rank, count, world)
 
 
 def candidate_ef(seed: int, lo: float, hi: float) -> float:
@@ -66,8 +85,8 @@ def candidate_split(index: int, val_frac: float, test_frac: float) -> str:
     return "TRAIN"
 
 
-def candidate_name(prefix: str, candidate: int) -> str:
-    return f"{prefix}_{candidate:07d}"
+def candidate_name(prefix: str, slot: int) -> str:
+    return f"{prefix}_{slot:07d}"
 
 
 def candidate_names(prefix: str) -> re.Pattern:
@@ -75,44 +94,44 @@ def candidate_names(prefix: str) -> re.Pattern:
     return re.compile(rf"^{re.escape(prefix)}_(\d{{7}})$")
 
 
-class RejectLog:
-    """``privacy_rejected.csv``: candidates the gate refused, so a resumed run skips them (one file per rank,
-    appended and flushed per row)."""
+@dataclass
+class Progress:
+    """What a folder records for one prefix, read without writing: slots with a video (or settled as a
+    duplicate), the next attempt of each rejected slot, and every generation and frame hash already there."""
 
-    FIELDS = ["Candidate", "Seed", "MaxSimilarity", "NearestIndex", "Tau"]
-
-    def __init__(self, folder: Path, rank: int):
-        self.path = folder / (f"privacy_rejected.rank{rank}.csv" if rank else "privacy_rejected.csv")
-        self.done: set[int] = set()
-        for path in folder.glob("privacy_rejected*.csv"):
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    try:
-                        self.done.add(int(row["Candidate"]))
-                    except (KeyError, ValueError):
-                        continue
-
-    def add(self, candidate: int, seed: int, sim: float, index: int, tau: float) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({"Candidate": candidate, "Seed": seed, "MaxSimilarity": f"{sim:.6f}",
-                        "NearestIndex": index, "Tau": tau})
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.done.add(candidate)
+    done: set[int] = field(default_factory=set)
+    next_attempt: dict[int, int] = field(default_factory=dict)
+    generations: dict[str, str] = field(default_factory=dict)  # Generation key -> file name
+    hashes: set[str] = field(default_factory=set)
+    ours: set[str] = field(default_factory=set)  # journalled videos that no row lists: replaceable
 
 
-def existing_candidates(folder: Path, prefix: str) -> set[int]:
-    """Candidate numbers already in FileList.csv under this prefix (names PREFIX_<7 digits>)."""
+def read_progress(out: Path, prefix: str) -> Progress:
+    from .dataset_shards import read_shards
     from .echonet import read_filelist
 
-    if not (folder / "FileList.csv").is_file():
-        return set()
+    listed = read_filelist(out) if (out / "FileList.csv").is_file() else []
+    shards = read_shards(out)
+    progress = Progress()
     pattern = candidate_names(prefix)
-    return {int(m.group(1)) for rec in read_filelist(folder) if (m := pattern.match(rec.file_name))}
+    for rec in [*listed, *shards.rows]:
+        if m := pattern.match(rec.file_name):
+            progress.done.add(int(m.group(1)))
+        if rec.extra.get("Generation"):
+            progress.generations.setdefault(rec.extra["Generation"], rec.file_name)
+        if rec.extra.get("ContentHash"):
+            progress.hashes.add(rec.extra["ContentHash"])
+    for row in read_shards(out, prefix).skipped:
+        try:
+            slot, attempt = int(row["Slot"]), int(row["Attempt"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if row.get("Outcome") == "duplicate":
+            progress.done.add(slot)
+        else:
+            progress.next_attempt[slot] = max(progress.next_attempt.get(slot, 0), attempt + 1)
+    progress.ours = shards.journalled - {r.file_name for r in [*listed, *shards.rows]}
+    return progress
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -122,11 +141,14 @@ def check_args(args: argparse.Namespace) -> None:
     from .sampling import check_seed
     from .synthetic_dataset import check_name_prefix
 
+    require(args.count is not None and args.out is not None,
+            "--count N and --out DIR are required (or --merge DIR, to assemble the shards of a folder)")
     check_count(args.count, "--count", 1, MAX_COUNT)
     lo, hi = args.ef_range
     require(math.isfinite(lo) and math.isfinite(hi) and EF_MIN <= lo <= hi <= EF_MAX,
             f"--ef-range must satisfy {EF_MIN:g} <= LO <= HI <= {EF_MAX:g}, got {lo:g} {hi:g}")
-    check_count(args.batch_size, "--batch-size", 1, 1024)
+    if args.batch_size is not None:
+        check_count(args.batch_size, "--batch-size", 1, MAX_BATCH)
     check_sampling_options(args)
     require(0 <= args.val_frac <= 1 and 0 <= args.test_frac <= 1 and args.val_frac + args.test_frac <= 1,
             f"--val-frac and --test-frac must be in [0, 1] with a sum <= 1, got {args.val_frac:g} {args.test_frac:g}")
@@ -134,8 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_count(args.max_candidates, "--max-candidates", 1)
     try:
         check_name_prefix(args.prefix, "--prefix")
-        # candidates (and their seeds) run up to about 20 x count + a few batches
-        check_seed(args.seed, 40 * args.count + 16 * args.batch_size, "--seed")
+        check_seed(args.seed, slot_seed(0, args.count, MAX_ATTEMPTS), "--seed")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_tau_option(args, [args.view])
@@ -144,29 +165,46 @@ def check_args(args: argparse.Namespace) -> None:
 def check_out_folder(out: Path, args: argparse.Namespace) -> list[Path]:
     """The dataset folder inspected read-only: writable (or creatable), ours or opted into, no user file in
     the way of a name this run writes. Returns the user's videos, which are left alone."""
+    from .dataset_shards import read_shards
     from .echonet import EchoNetFormatError
     from .options import check_writable_target
     from .synthetic_dataset import SYNTHETIC_COLUMNS, check_dataset_folder
 
     check_writable_target(out, "--out")
     try:
+        shards = read_shards(out)
         return check_dataset_folder(out, SYNTHETIC_COLUMNS, add_missing_columns=args.append_to_existing,
-                                    reserved=candidate_names(args.prefix))
+                                    reserved=candidate_names(args.prefix), ours=shards.names | shards.journalled)
     except EchoNetFormatError as exc:
         raise UsageError(f"--out {out}: {exc}") from None
 
 
-def run_settings(args: argparse.Namespace, pipe, world: int) -> dict:
-    """What a run under one prefix must keep when resumed: anything else would mix two datasets."""
+def auto_batch_size(pipe, guidance: float, device) -> int:
+    """Candidates per batch when --batch-size is not given: on a GPU as many as the video model's activations
+    fit in 80 % of the free memory (the weights are loaded already), on a CPU `CPU_BATCH_SIZE`."""
+    import torch
+
+    from .memory import activation_bytes
+
+    if torch.device(device).type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    per_candidate = activation_bytes(pipe.lvfm, 1 if guidance == 1 else 2, pipe.dtype)  # guidance: 2 branches
+    return max(1, min(MAX_AUTO_BATCH, int(0.8 * free) // per_candidate))
+
+
+def run_settings(args: argparse.Namespace, pipe) -> dict:
+    """What a run under one prefix must keep when resumed: anything else would mix two datasets. The number
+    of ranks and the batch size are not among them (the slots and their seeds do not depend on them)."""
     gate = pipe.gates[args.view]
     # the weights by content (fingerprints), not by the folder's name or how its path was given
-    return {"fingerprints": {"lifm": pipe.lifm.fingerprint, "lvfm": pipe.lvfm.fingerprint,
+    return {"layout": LAYOUT,
+            "fingerprints": {"lifm": pipe.lifm.fingerprint, "lvfm": pipe.lvfm.fingerprint,
                              "vae": pipe.vae.fingerprint, "reid": gate.reid.fingerprint},
             "view": args.view, "image_steps": args.image_steps, "video_steps": args.video_steps,
             "solver": args.solver, "guidance": args.guidance if args.guidance is not None else pipe.default_guidance,
             "tau": gate.tau, "similarity": gate.similarity, "seed": args.seed, "ef_range": list(args.ef_range),
-            "batch_size": args.batch_size, "val_frac": args.val_frac, "test_frac": args.test_frac, "fps": args.fps,
-            "world_size": world, "dtype": args.dtype}
+            "val_frac": args.val_frac, "test_frac": args.test_frac, "fps": args.fps, "dtype": args.dtype}
 
 
 def check_resume(out: Path, prefix: str, settings: dict) -> None:
@@ -182,6 +220,10 @@ def check_resume(out: Path, prefix: str, settings: dict) -> None:
     before = runs.get(prefix) if isinstance(runs, dict) else None
     if before is None:
         return
+    if before.get("layout") != LAYOUT:
+        raise UsageError(f"--out {out}: the videos named {prefix}_* were numbered by an earlier generate-dataset "
+                         "(one name per candidate, not per slot). Resuming would mix two numberings: finish them "
+                         "with that version, or use another --prefix or --out")
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:6])
@@ -197,22 +239,47 @@ def record_run(out: Path, prefix: str, settings: dict) -> None:
     if runs.get(prefix) == settings:
         return
     runs[prefix] = settings
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{os.urandom(3).hex()}")  # ranks on other hosts too
     tmp.write_text(json.dumps(runs, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ command
+@dataclass
+class Candidate:
+    slot: int
+    attempt: int
+    seed: int  # the latent image's and the video's
+    ef: float
+    key: str  # its Generation key
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .dataset_shards import merge_shards, shard_files
+
+    root = Path(args.merge).expanduser()
+    require(root.is_dir(), f"--merge {root}: no such folder; give the --out folder of generate-dataset")
+    require(bool(shard_files(root)), f"--merge {root}: no shards to merge (shards/<prefix>.rank<r>.csv); "
+                                     "generate-dataset --out writes them")
+    report_merge(merge_shards(root, add_missing_columns=args.append_to_existing), root, print)
+    return 0
+
+
+def report_merge(result, out: Path, say) -> None:
+    for name, same in result.duplicates[:5]:
+        say(f"{name} repeats {same} (same generation or frames): not listed again")
+    say(f"merged {len(result.added)} new row(s) into {out / 'FileList.csv'} ({result.total} rows)")
+
+
 def cmd_generate_dataset(args: argparse.Namespace) -> int:
+    if args.merge is not None:
+        return cmd_merge(args)
     import torch
 
     from .options import pick_device
     from .pipeline import EchoFlowPipeline
-    from .synthetic_dataset import append_synthetic, generation_key
 
     check_args(args)
-    lo, hi = args.ef_range
-    view = args.view
     rank, world, local = dist_env()
     out = Path(args.out).expanduser()
     foreign = check_out_folder(out, args)
@@ -221,14 +288,12 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     else:
         device = pick_device(args.device)
     apply_threads(args)
-    dtype = dtype_of(args.dtype)
-    quota = rank_quota(args.count, rank, world)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[rank {rank}/{world}] {m}", file=sys.stderr,
                                                                 flush=True))
-    pipe = EchoFlowPipeline.from_folder(args.weights, args.vae, args.lifm, args.lvfm, views=[view], tau=args.tau,
-                                        similarity=args.similarity, device=device, dtype=dtype,
+    pipe = EchoFlowPipeline.from_folder(args.weights, args.vae, args.lifm, args.lvfm, views=[args.view], tau=args.tau,
+                                        similarity=args.similarity, device=device, dtype=dtype_of(args.dtype),
                                         allow_looser_tau=args.allow_looser_tau)
-    settings = run_settings(args, pipe, world)
+    settings = run_settings(args, pipe)
     check_resume(out, args.prefix, settings)
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5])
@@ -237,75 +302,111 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     # From here on this command writes into the folder (the models are loaded and every check passed).
     out.mkdir(parents=True, exist_ok=True)
     record_run(out, args.prefix, settings)
+    batch = args.batch_size or auto_batch_size(pipe, settings["guidance"], device)
+    code = generate_slots(args, pipe, settings, out, rank, world, batch, say)
+    if code:
+        return code
+    return merge_when_complete(args, out, say)
+
+
+def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int, batch: int, say) -> int:
+    """Fill this rank's slots into its own shard, `batch` candidates at a time."""
+    from .dataset_shards import ShardWriter
+    from .synthetic_dataset import content_hash, generation_key
+
+    lo, hi = args.ef_range
+    view, guidance, fingerprints = args.view, settings["guidance"], settings["fingerprints"]
+    progress = read_progress(out, args.prefix)
+    pending = [slot for slot in rank_slots(args.count, rank, world) if slot not in progress.done]
+    attempts = {slot: progress.next_attempt.get(slot, 0) for slot in pending}
+    limit = args.max_candidates if args.max_candidates is not None else max(20 * len(pending), len(pending) + 8 * batch)
     weights_id = f"{pipe.provenance['lifm']}+{pipe.provenance['lvfm']}"
-    guidance = settings["guidance"]
-    rejects = RejectLog(out, rank)
-    bs = args.batch_size
-    # Candidates come in blocks of bs consecutive indices (so a block's seeds are consecutive and the batch
-    # equals single runs); block b belongs to rank b % world.
-    mine = lambda done: {c for c in done if (c // bs) % world == rank}  # noqa: E731
-    accepted = mine(existing_candidates(out, args.prefix))
-    limit = args.max_candidates if args.max_candidates is not None else max(20 * quota, quota + 8 * bs)
-    tried = len(accepted) + len(mine(rejects.done))
-    if len(accepted) >= quota:
-        say(f"already complete: {len(accepted)}/{quota} videos")
+    say(f"{len(rank_slots(args.count, rank, world)) - len(pending)}/{len(rank_slots(args.count, rank, world))} of "
+        f"this rank's videos present; generating the rest into {out}, {batch} candidates per batch")
+
+    def candidate(slot: int) -> Candidate:
+        seed = slot_seed(args.seed, slot, attempts[slot])
+        ef = candidate_ef(seed, lo, hi)
+        key = generation_key(lifm=fingerprints["lifm"], lvfm=fingerprints["lvfm"], vae=fingerprints["vae"], view=view,
+                             image_steps=args.image_steps, video_steps=args.video_steps, image_solver=args.solver,
+                             video_solver=args.solver, guidance=float(guidance), dtype=args.dtype, seed=seed,
+                             video_seed=seed, ef=ef)
+        return Candidate(slot, attempts[slot], seed, ef, key)
+
+    tried, start_time, duplicates = 0, time.perf_counter(), 0
+    with ShardWriter(out, args.prefix, rank, ours=progress.ours) as shard:
+        while pending:
+            if tried >= limit or max(attempts[s] for s in pending) >= MAX_ATTEMPTS:
+                print(f"error: rank {rank} tried {tried} candidates and {len(pending)} of its slots are still without "
+                      f"a video that passed the privacy gate (tau {pipe.gates[view].tau:g}); raise --max-candidates. "
+                      "Nothing that failed the gate was written", file=sys.stderr)
+                return EXIT_GATE_REJECTED
+            todo = []
+            for slot in pending[:batch]:
+                cand = candidate(slot)
+                same = progress.generations.get(cand.key)
+                if same is not None:  # this very generation is listed already (e.g. under another prefix)
+                    shard.skip(Slot=slot, Attempt=cand.attempt, Seed=cand.seed, Outcome="duplicate", SameAs=same)
+                    say(f"slot {slot}: the same video is already in the dataset as {same}; not written again")
+                    duplicates += 1
+                    pending.remove(slot)
+                else:
+                    todo.append(cand)
+            if not todo:
+                continue
+            images = pipe.sample_images(view, None, args.image_steps, args.solver, seeds=[c.seed for c in todo])
+            report = pipe.check_privacy(images, view)  # judges every candidate before any is animated
+            tried += len(todo)
+            passed = []
+            for index, (cand, item) in enumerate(zip(todo, report.items, strict=True)):
+                if item.passed:
+                    passed.append(index)
+                    continue
+                shard.skip(Slot=cand.slot, Attempt=cand.attempt, Seed=cand.seed, Outcome="privacy",
+                           MaxSimilarity=f"{item.max_similarity:.6f}", NearestIndex=item.nearest_index,
+                           Tau=f"{report.tau:.6g}")
+                attempts[cand.slot] += 1
+            if not passed:
+                continue
+            chosen = [todo[i] for i in passed]
+            videos = pipe.animate(images[passed], [c.ef for c in chosen], args.video_steps, args.solver, guidance,
+                                  seeds=[c.seed for c in chosen])
+            frames = pipe.decode(videos)
+            for i, cand, video in zip(passed, chosen, frames, strict=True):
+                name = candidate_name(args.prefix, cand.slot)
+                video = video.numpy()
+                digest = content_hash(video)
+                if digest in progress.hashes:
+                    shard.skip(Slot=cand.slot, Attempt=cand.attempt, Seed=cand.seed, Outcome="duplicate",
+                               SameAs="same frames")
+                    duplicates += 1
+                else:
+                    item = report.items[i]
+                    shard.add(name, video, args.fps, cand.ef, candidate_split(cand.slot, args.val_frac, args.test_frac),
+                              {"View": view, "MaxSimilarity": f"{item.max_similarity:.6f}",
+                               "Tau": f"{report.tau:.6g}", "Seed": cand.seed, "VideoSeed": cand.seed,
+                               "Weights": weights_id, "Generation": cand.key})
+                    progress.generations[cand.key] = name
+                    progress.hashes.add(digest)
+                pending.remove(cand.slot)
+            rate = (time.perf_counter() - start_time) / max(1, tried)
+            say(f"{len(pending)} of this rank's slots to go ({tried} candidates, {rate:.1f}s per candidate)")
+    say("this rank's slots are done" + (f" ({duplicates} already in the dataset under other names)"
+                                         if duplicates else ""))
+    return 0
+
+
+def merge_when_complete(args: argparse.Namespace, out: Path, say) -> int:
+    """The rank that finds every slot done merges the shards into FileList.csv (two that finish together
+    write the same bytes); the others leave it to the last, or to `--merge`."""
+    from .dataset_shards import merge_shards
+
+    missing = [s for s in range(args.count) if s not in read_progress(out, args.prefix).done]
+    if missing:
+        say(f"{len(missing)} slot(s) of other ranks still to come; the last rank to finish merges the shards into "
+            f"FileList.csv (or run: echoflow generate-dataset --merge {out})")
         return 0
-    say(f"{len(accepted)}/{quota} videos present; generating the rest into {out}")
-    block = rank
-    start_time = time.perf_counter()
-    skipped = 0
-    while len(accepted) < quota:
-        if tried >= limit:
-            print(f"error: rank {rank} tried {tried} candidates and {len(accepted)}/{quota} passed the privacy gate "
-                  f"(tau {pipe.gates[view].tau:g}); raise --max-candidates. Nothing that failed the gate was "
-                  "written", file=sys.stderr)
-            return EXIT_GATE_REJECTED
-        first = block * bs
-        block += world
-        todo = [c for c in range(first, first + bs) if c not in accepted and c not in rejects.done]
-        if not todo:
-            continue
-        images = pipe.sample_images(view, None, args.image_steps, args.solver, seed=args.seed + first,
-                                    batch_size=bs)
-        images = images[[c - first for c in todo]]
-        report = pipe.check_privacy(images, view)
-        tried += len(todo)
-        keep = []
-        for c, item in zip(todo, report.items, strict=True):
-            if item.passed:
-                keep.append(c)
-            else:
-                rejects.add(c, args.seed + c, item.max_similarity, item.nearest_index, report.tau)
-        keep = keep[: quota - len(accepted)]
-        if not keep:
-            continue
-        idx = [todo.index(c) for c in keep]
-        efs = [candidate_ef(args.seed + c, lo, hi) for c in keep]
-        # the video noise of candidate c uses seed + c, like the image noise
-        videos = torch.cat([pipe.animate(images[i:i + 1], efs[j], args.video_steps, args.solver, guidance,
-                                         seed=args.seed + keep[j]) for j, i in enumerate(idx)])
-        frames = pipe.decode(videos)
-        for j, c in enumerate(keep):
-            item = report.items[idx[j]]
-            key = generation_key(lifm=settings["fingerprints"]["lifm"], lvfm=settings["fingerprints"]["lvfm"],
-                                 vae=settings["fingerprints"]["vae"], view=view, image_steps=args.image_steps,
-                                 video_steps=args.video_steps, image_solver=args.solver, video_solver=args.solver,
-                                 guidance=float(guidance), dtype=args.dtype, seed=args.seed + c,
-                                 video_seed=args.seed + c, ef=efs[j])
-            extra = {"View": view, "MaxSimilarity": f"{item.max_similarity:.6f}", "Tau": f"{report.tau:.6g}",
-                     "Seed": args.seed + c, "VideoSeed": args.seed + c, "Weights": weights_id, "Generation": key}
-            rec, written = append_synthetic(out, frames[j].numpy(), args.fps, efs[j],
-                                            candidate_split(c, args.val_frac, args.test_frac), extra,
-                                            name=candidate_name(args.prefix, c),
-                                            add_missing_columns=args.append_to_existing)
-            if not written and rec.file_name != candidate_name(args.prefix, c):
-                skipped += 1
-                say(f"candidate {c}: the same video is already in the dataset as {rec.file_name}; not written again")
-            accepted.add(c)
-        rate = (time.perf_counter() - start_time) / max(1, tried)
-        say(f"{len(accepted)}/{quota} videos ({tried} candidates, {rate:.1f}s per candidate)")
-    say(f"done: {len(accepted) - skipped} videos" + (f" ({skipped} already present under other names)"
-                                                      if skipped else ""))
+    report_merge(merge_shards(out, add_missing_columns=args.append_to_existing), out, say)
     return 0
 
 
@@ -314,11 +415,14 @@ def add_subcommands(subparsers) -> None:
         "generate-dataset", help="generate a privacy-filtered synthetic dataset in the EchoNet-Dynamic layout",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("--count", type=int, required=True, metavar="N", help="videos to generate in total (>= 1)")
+    g.add_argument("--count", type=int, default=None, metavar="N", help="videos to generate in total (>= 1)")
     g.add_argument("--ef-range", type=float, nargs=2, default=[20.0, 80.0], metavar=("LO", "HI"),
                    help=f"EF percent range, drawn uniformly per video, {EF_MIN:g} <= LO <= HI <= {EF_MAX:g} "
                         "(default 20 80)")
-    g.add_argument("--out", required=True, metavar="DIR",
+    g.add_argument("--merge", default=None, metavar="DIR",
+                   help="only assemble DIR's shards (shards/<prefix>.rank<r>.csv) into its FileList.csv, atomically; "
+                        "the last rank to finish does this by itself")
+    g.add_argument("--out", default=None, metavar="DIR",
                    help="dataset folder (created). An existing folder is resumed if this command made it; a "
                         "FileList.csv without its columns (a real dataset) is refused unless --append-to-existing")
     g.add_argument("--append-to-existing", action="store_true",
@@ -342,15 +446,19 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--allow-looser-tau", action="store_true",
                    help="accept a --tau above the calibrated one (recorded in every row's Tau)")
     g.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
-    g.add_argument("--seed", type=int, default=0, metavar="N", help="base seed (>= 0); candidate k uses N + k")
-    g.add_argument("--batch-size", type=int, default=4, metavar="N", help="candidates sampled together (>= 1)")
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="base seed (>= 0); video k uses N + k, or N + k + a * 10^7 after a rejections by the gate")
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help=f"candidates run together through every model (1-{MAX_BATCH}; default: on a GPU as many as "
+                        f"fit in its free memory, up to {MAX_AUTO_BATCH}; on a CPU {CPU_BATCH_SIZE}). Results equal "
+                        "single runs up to float rounding")
     g.add_argument("--fps", type=float, default=32.0, help="frames per second of the AVIs (> 0, default 32)")
     g.add_argument("--prefix", default="synth", help="file names are PREFIX_<candidate, 7 digits> (letters, digits, "
                                                      "_ -)")
     g.add_argument("--val-frac", type=float, default=0.0, help="share of videos in the VAL split (0-1)")
     g.add_argument("--test-frac", type=float, default=0.0, help="share of videos in the TEST split (0-1)")
     g.add_argument("--max-candidates", type=int, default=None, metavar="N",
-                   help="stop after this many candidates per rank (default: 20 x its quota); exit status 3")
+                   help="stop after this many candidates per rank (default: 20 x its slots); exit status 3")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision of the flow models")
     add_threads_arg(g)

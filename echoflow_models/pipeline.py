@@ -54,6 +54,19 @@ def check_finite_output(x: torch.Tensor, stage: str) -> None:
         )
 
 
+def item_seeds(seed: int, batch_size: int, seeds: Sequence[int] | None = None) -> list[int]:
+    """The seed of each item of a batch: `seeds` as given, else seed, seed + 1, ... (checked either way)."""
+    if seeds is not None:
+        seeds = [check_seed(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds is empty; give one seed per item")
+        return seeds
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    seed = check_seed(seed, batch_size)
+    return list(range(seed, seed + batch_size))
+
+
 def view_index(view: str | int) -> int:
     if isinstance(view, int) and 0 <= view < len(VIEWS):
         return view
@@ -281,14 +294,15 @@ class EchoFlowPipeline:
         seed: int = 0,
         batch_size: int = 1,
         callback: StepCallback | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Latent images [B, C, h, w] for one view; sample i uses seed + i."""
+        """Latent images [B, C, h, w] for one view; sample i uses seed + i, or `seeds[i]` when given (then
+        B = len(seeds) and `seed`/`batch_size` are ignored): a batch equals its items run one by one."""
         lifm = self._require(self.lifm, "image flow model (LIFM)")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        seeds = item_seeds(seed, batch_size, seeds)
+        batch_size = len(seeds)
         check_steps(steps)
         check_solver(solver)
-        check_seed(seed, batch_size)
         c, h, w = self.latent_shape
         labels = torch.full((batch_size,), view_index(view), dtype=torch.long, device=self.device)
         seg = None
@@ -297,7 +311,7 @@ class EchoFlowPipeline:
             if seg.shape[0] not in (1, batch_size):
                 raise ValueError(f"got {seg.shape[0]} masks for a batch of {batch_size}; pass 1 or {batch_size}")
             seg = seg.expand(batch_size, -1, -1, -1).to(self.device, self.dtype)
-        noise = seeded_noise((c, h, w), range(seed, seed + batch_size), self.device, torch.float32)
+        noise = seeded_noise((c, h, w), seeds, self.device, torch.float32)
 
         def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return lifm(z, t, labels, seg)
@@ -328,8 +342,10 @@ class EchoFlowPipeline:
         seed: int = 0,
         callback: StepCallback | None = None,
         num_frames: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Latent images [B, C, h, w] + EF (percent) -> latent videos [B, C, T, h, w].
+        """Latent images [B, C, h, w] + EF (percent) -> latent videos [B, C, T, h, w]; video i draws its noise
+        with seed + i, or `seeds[i]` when given (one per image).
 
         Guidance != 1 contrasts the EF-conditioned velocity with the null-EF one: the same conditioning
         image with the EF token replaced by the checkpoint's null caption (`y_embedding`), which is what
@@ -342,12 +358,14 @@ class EchoFlowPipeline:
             raise ValueError(f"guidance must be a number in [0, {MAX_GUIDANCE:g}] (1 = off), got {guidance!r}")
         check_steps(steps)
         check_solver(solver)
-        check_seed(seed, max(1, latents.shape[0]))
         if latents.ndim != 4 or latents.shape[1] != lvfm.latent_channels:
             raise ValueError(
                 f"animate expects latent images [B, {lvfm.latent_channels}, h, w], got {tuple(latents.shape)}"
             )
         b, c, h, w = latents.shape
+        seeds = item_seeds(seed, max(1, b), seeds)
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for {b} latent images; give one seed per image")
         frames = num_frames or lvfm.num_frames
         cond = latents.to(self.device, self.dtype)
         ef_frac = ef_fractions(ef, b).to(self.device, self.dtype)
@@ -358,7 +376,7 @@ class EchoFlowPipeline:
             {"ef": ef_frac, "cond": cond, "drop_ef": ~keep},
             float(guidance),
         )
-        noise = seeded_noise((c, frames, h, w), range(seed, seed + b), self.device, torch.float32)
+        noise = seeded_noise((c, frames, h, w), seeds, self.device, torch.float32)
         videos = sample_flow(velocity, noise, steps, solver, callback, model_dtype=self.dtype).cpu()
         check_finite_output(videos, "video flow model (LVFM)")
         return videos

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +64,11 @@ def check_name_prefix(prefix: str, what: str = "prefix") -> str:
 
 
 def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], *, add_missing_columns: bool = False,
-                         reserved: re.Pattern | None = None) -> list[Path]:
+                         reserved: re.Pattern | None = None, ours: Collection[str] = ()) -> list[Path]:
     """Everything a writer would refuse, checked without writing anything: a FileList without the columns
     (unless opted in), a FileList that does not parse, user videos whose names match `reserved` (names the
-    caller will write). Returns the user's videos (not in FileList.csv), which are left alone."""
+    caller will write). `ours`: names of videos this tool wrote that FileList.csv does not list (yet), e.g.
+    the rows and journals of generate-dataset's shards. Returns the user's videos, which are left alone."""
     root = Path(root).expanduser()
     csv_path, videos = root / FILELIST_NAME, root / VIDEOS_DIR
     rows: set[str] = set()
@@ -77,7 +78,7 @@ def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], 
         text = raw.decode("utf-8-sig")
         cut = text.rfind("\n") + 1 if not text.endswith("\n") else len(text)  # a half-written last row is ours
         rows = {r.file_name for r in _parse_filelist_text(text[:cut] or text, csv_path)[1]}
-    ours = {f"{name}.avi" for name in journal_names(root)}
+    ours = {f"{name}.avi" for name in (*journal_names(root), *ours)}
     foreign = []
     if videos.is_dir():
         foreign = sorted(p for p in videos.iterdir() if p.suffix.lower() == ".avi" and not video_io.is_partial_file(p)
@@ -95,6 +96,17 @@ def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], 
             "them away, or choose another prefix"
         )
     return foreign
+
+
+def synthetic_extra(frames: np.ndarray, extra: dict) -> dict[str, str]:
+    """A generated row's `SYNTHETIC_COLUMNS` from `extra` (None values dropped): Source defaults to EchoFlow,
+    ContentHash is the frames' hash. ValueError for a column that is not one of them."""
+    extra = {"Source": SYNTHETIC_SOURCE, **{k: v for k, v in extra.items() if v is not None},
+             "ContentHash": content_hash(frames)}
+    unknown = sorted(set(extra) - set(SYNTHETIC_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown synthetic column(s) {', '.join(unknown)}; use {SYNTHETIC_COLUMNS}")
+    return {k: str(v) for k, v in extra.items()}
 
 
 def append_synthetic(
@@ -116,11 +128,7 @@ def append_synthetic(
     the same `Generation` key (see `generation_key`) or the same frames exists, nothing is written: returns
     (that row, False). Else (new row, True). `name` None: the next free ``<prefix>_<n>``.
     """
-    extra = {"Source": SYNTHETIC_SOURCE, **{k: v for k, v in extra.items() if v is not None},
-             "ContentHash": content_hash(frames)}
-    unknown = sorted(set(extra) - set(SYNTHETIC_COLUMNS))
-    if unknown:
-        raise ValueError(f"append_synthetic: unknown column(s) {', '.join(unknown)}; use {SYNTHETIC_COLUMNS}")
+    extra = synthetic_extra(frames, extra)
     with open_writer(root, SYNTHETIC_COLUMNS, timeout=timeout, add_missing_columns=add_missing_columns) as writer:
         same = writer.find(ContentHash=extra["ContentHash"])
         if same is None and extra.get("Generation"):

@@ -337,6 +337,7 @@ def test_generate_dataset_resumes_without_touching_finished_videos(gen, tmp_path
 
 
 def test_generate_dataset_shards_across_ranks(gen, tmp_path):
+    from echoflow_models.dataset_shards import read_shard_rows
     from echoflow_models.echonet import read_filelist
 
     out = tmp_path / "ds"
@@ -344,9 +345,9 @@ def test_generate_dataset_shards_across_ranks(gen, tmp_path):
         code, _, err = gen(out, "--count", "3", env={"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)})
         assert code == 0, err
     rows = read_filelist(out)
-    assert len(rows) == 3
-    blocks = {int(row.file_name.split("_")[1]) // 2 % 2 for row in rows}
-    assert blocks == {0, 1}  # both ranks contributed
+    assert [row.file_name for row in rows] == ["synth_0000000", "synth_0000001", "synth_0000002"]
+    assert {p.name for p in (out / "shards").glob("*.csv")} == {"synth.rank0.csv", "synth.rank1.csv"}
+    assert [r.file_name for r in read_shard_rows(out / "shards" / "synth.rank1.csv")] == ["synth_0000001"]
     single = tmp_path / "single"
     assert gen(single, "--count", "3")[0] == 0
     assert len(read_filelist(single)) == 3
@@ -355,15 +356,16 @@ def test_generate_dataset_shards_across_ranks(gen, tmp_path):
 def test_generate_dataset_stops_when_the_gate_rejects_everything(gen, tmp_path):
     out = tmp_path / "ds"
     code, _, err = gen(out, "--count", "2", "--tau", "0.01", "--similarity", "cosine", "--max-candidates", "4")
-    assert code != 0 and "passed the privacy gate" in err
-    assert (out / "privacy_rejected.csv").read_text().count("\n") == 5  # header + 4 candidates
-    assert not any((out / "Videos").glob("*.avi"))
+    assert code == dataset_maker.EXIT_GATE_REJECTED and "passed the privacy gate" in err
+    skipped = (out / "shards" / "synth.rank0.skipped.csv").read_text().splitlines()
+    assert len(skipped) == 5 and all(",privacy," in line for line in skipped[1:])  # header + 4 candidates
+    assert not any((out / "Videos").glob("*.avi")) and not (out / "FileList.csv").exists()
 
 
 def test_candidate_helpers_are_deterministic():
     assert dataset_maker.candidate_ef(5, 20, 80) == dataset_maker.candidate_ef(5, 20, 80)
     assert 20 <= dataset_maker.candidate_ef(7, 20, 80) <= 80
-    assert sum(dataset_maker.rank_quota(10, r, 3) for r in range(3)) == 10
+    assert sorted(s for r in range(3) for s in dataset_maker.rank_slots(10, r, 3)) == list(range(10))
     splits = [dataset_maker.candidate_split(i, 0.1, 0.1) for i in range(2000)]
     assert 120 < splits.count("VAL") < 280 and 120 < splits.count("TEST") < 280
     assert set(splits) == {"TRAIN", "VAL", "TEST"}
