@@ -321,8 +321,12 @@ def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int,
     attempts = {slot: progress.next_attempt.get(slot, 0) for slot in pending}
     limit = args.max_candidates if args.max_candidates is not None else max(20 * len(pending), len(pending) + 8 * batch)
     weights_id = f"{pipe.provenance['lifm']}+{pipe.provenance['lvfm']}"
-    say(f"{len(rank_slots(args.count, rank, world)) - len(pending)}/{len(rank_slots(args.count, rank, world))} of "
-        f"this rank's videos present; generating the rest into {out}, {batch} candidates per batch")
+    owned = len(rank_slots(args.count, rank, world))
+    if not pending:
+        say(f"this rank's {owned} slot(s) are done already")
+        return 0
+    say(f"{owned - len(pending)}/{owned} of this rank's videos present; generating the rest into {out}, {batch} "
+        "candidates per batch")
 
     def candidate(slot: int) -> Candidate:
         seed = slot_seed(args.seed, slot, attempts[slot])

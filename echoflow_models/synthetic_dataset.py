@@ -85,8 +85,9 @@ def check_dataset_folder(root: str | os.PathLike, extra_columns: Sequence[str], 
                          and not (p.suffix == ".avi" and p.stem in rows) and p.name not in ours)
         if not csv_path.is_file() and foreign:
             raise EchoNetFormatError(
-                f"{videos} already holds {len(foreign)} video(s) but {csv_path} is missing; this folder was not "
-                "made by this tool. Use an empty folder, or restore FileList.csv"
+                f"{videos} already holds {len(foreign)} video(s) ({', '.join(p.name for p in foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}) but {csv_path} is missing; this folder was not made by this "
+                "tool. Use an empty folder, or restore FileList.csv"
             )
     clash = [p.name for p in foreign if reserved is not None and reserved.match(p.stem)]
     if clash:

@@ -115,3 +115,20 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory, reid_tiny_dir: Path) -> 
              for v in ("A4C", "PSAX", "PLAX")}
     (root / "gates.json").write_text(json.dumps(gates))
     return root
+
+
+@pytest.fixture
+def gen(tiny_root, run_cli, monkeypatch):
+    """gen(out, *args, weights=..., env=...) runs `generate-dataset` in-process with 1-step sampling;
+    env sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) for that call only."""
+
+    def run(out, *extra, weights=tiny_root, env=None):
+        with monkeypatch.context() as m:
+            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                m.delenv(k, raising=False)
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            return run_cli(["generate-dataset", "--weights", weights, "--out", out, "--image-steps", "1",
+                            "--video-steps", "1", "--batch-size", "2", "--threads", "1", "--quiet", *extra])
+
+    return run

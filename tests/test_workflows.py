@@ -295,23 +295,6 @@ def test_api_workflow_runs_on_the_bundled_demo_weights(path, tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------------------------- generate-dataset
-@pytest.fixture
-def gen(tiny_root, run_cli, monkeypatch):
-    """gen(out, *args, weights=..., env=...) runs `generate-dataset` in-process with 1-step sampling;
-    env sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) for that call only."""
-
-    def run(out, *extra, weights=tiny_root, env=None):
-        with monkeypatch.context() as m:
-            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-                m.delenv(k, raising=False)
-            for k, v in (env or {}).items():
-                m.setenv(k, v)
-            return run_cli(["generate-dataset", "--weights", weights, "--out", out, "--image-steps", "1",
-                            "--video-steps", "1", "--batch-size", "2", "--quiet", *extra])
-
-    return run
-
-
 def test_generate_dataset_resumes_without_touching_finished_videos(gen, tmp_path):
     from echoflow_models.echonet import read_filelist
 
