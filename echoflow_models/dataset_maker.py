@@ -40,7 +40,7 @@ MAX_ATTEMPTS = 1000  # per slot, as `echoflow generate --max-tries`
 LAYOUT = "slots-v2"  # one name per slot (0..count-1), shards per rank; recorded so an older folder is not mixed in
 MAX_BATCH = 1024
 MAX_AUTO_BATCH = 64
-CPU_BATCH_SIZE = 4  # measured best on the 2-core CPU machine (docs/benchmarks.md, "Dataset generation throughput")
+CPU_BATCH_SIZE = 1  # batches were slower per candidate on the 2-core CPU (docs/benchmarks.md, "Dataset generation throughput")
 
 
 # ---------------------------------------------------------------------------------------------- candidates

@@ -5,7 +5,8 @@ Used by `echoflow generate-dataset` and the Save EchoNet Dataset node alike:
 * `SYNTHETIC_COLUMNS`: where a row comes from (`Source`, `Weights`), the privacy verdict it passed
   (`MaxSimilarity`, `Tau`), its seeds, its `Generation` key and the hash of its frames (`ContentHash`);
 * `generation_key`: equal keys mean the same video (weights fingerprints, view, steps, solver, guidance,
-  seeds, EF), and `append_synthetic` never writes a generation, or byte-identical frames, twice;
+  seeds, EF); neither `append_synthetic` (the node's path, under the writer's lock) nor generate-dataset's
+  shards (`dataset_shards`, no lock) write a generation, or byte-identical frames, twice;
 * `check_dataset_folder`: everything a writer would refuse, checked read-only before any model loads.
 """
 
