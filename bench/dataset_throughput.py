@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("throughput")
     p.add_argument("--weights", default=None, help="weights root (default: the bundled demo weights)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated; the first is the baseline")
-    p.add_argument("--candidates", type=int, default=8, help="videos per run (a multiple of every batch size)")
+    p.add_argument("--candidates", type=int, default=8, help="videos per run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--image-steps", type=int, default=50)
     p.add_argument("--video-steps", type=int, default=50)

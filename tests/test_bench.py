@@ -279,3 +279,15 @@ def test_cuda_graph_sampler_matches_eager_euler():
         eager = sample_flow(lambda z, t: lifm(z, t, view), noise, steps=5)
         graphed = sample_flow_cuda_graph(lambda z, t: lifm(z, t, view), noise, steps=5)
     assert (eager - graphed).abs().max() <= 1e-4
+
+
+def test_dataset_throughput_times_every_batch_size(tiny_root, capsys):
+    from bench.dataset_throughput import main as throughput
+
+    argv = ["--weights", str(tiny_root), "--batch-sizes", "1,2", "--candidates", "2", "--rounds", "2",
+            "--image-steps", "1", "--video-steps", "1"]
+    assert throughput(argv) == 0
+    out, err = capsys.readouterr()
+    assert err.count("s per candidate") == 4  # 2 rounds x 2 batch sizes, the order rotated
+    assert "round 1 batch 2" in err.splitlines()[2]
+    assert "batch 1: " in out and "batch 2: " in out and "vs batch 1" in out
