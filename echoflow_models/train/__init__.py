@@ -7,6 +7,7 @@
     echoflow train reid    --latents runs/latents.pt --scaling runs/scaling.pt --out runs/reid
     echoflow train lvfm    --latents runs/latents.pt --scaling runs/scaling.pt --out runs/lvfm
     echoflow train ef      --data DS --out runs/ef                       EF regressor (evaluation)
+    echoflow train seg     --data DS --vae runs/vae --out runs/seg       LV segmentation (EF by segmentation)
     echoflow train all     --data DS --work runs --out my-weights       all of it + a weights root
 
 From Python: `echoflow_models.train.train("lifm", latents=..., out=..., steps=100)` runs one stage with
@@ -26,6 +27,7 @@ STAGE_MODULES = {
     "reid": ("reid", "train the ReID privacy network; build the anatomy bank; calibrate tau"),
     "lvfm": ("lvfm", "train the latent video flow (STDiT) on a latent cache"),
     "ef": ("ef", "train the 3-D CNN EF regressor on pixel videos"),
+    "seg": ("seg", "train the LV segmentation network (EF by segmentation) on traced frames"),
     "all": ("all", "train every network in order and export a weights root in the released layout"),
 }
 
@@ -59,7 +61,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train the networks on an EchoNet-Dynamic layout folder (dataset|vae|latents|lifm|reid|lvfm|ef|all)",
+        "train", help="train the networks on an EchoNet-Dynamic layout folder (dataset|vae|latents|lifm|reid|lvfm|ef|seg|all)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stages = parser.add_subparsers(dest="train_stage", required=True, metavar="STAGE")
