@@ -64,13 +64,15 @@ def response_stats(requested: np.ndarray, measured: np.ndarray) -> dict:
 
 
 def instrument_error(model: LVSegNet, pipe, videos: int = 16, view: str = "A4C", seed: int = INSTRUMENT_SEED) -> dict:
-    """The instrument on real phantom videos of new patients at known EF (20-80 %): as rendered, and passed
-    through the A-VAE (encode -> decode), the look every generated video has."""
+    """The instrument on real phantom videos of new patients at known EF (20-80 %), as long as the video
+    model's (64 frames at 32 fps for the demo): as rendered, and passed through the A-VAE (encode ->
+    decode), the look every generated video has."""
+    frames = int(pipe.lvfm.num_frames) if pipe.lvfm is not None else 64
     rng = np.random.default_rng([seed, 0x5E6])
     truth, raw, recon = [], [], []
     for k in range(videos):
         anatomy = PatientAnatomy.sample(int(rng.integers(1, 2**31 - 1)), view)
-        video = render_video(anatomy, ef=20.0 + 60.0 * k / max(videos - 1, 1), num_frames=64, seed=k)
+        video = render_video(anatomy, ef=20.0 + 60.0 * k / max(videos - 1, 1), num_frames=frames, seed=k)
         truth.append(video.ef)
         raw.append(video.frames)
         with torch.inference_mode():
