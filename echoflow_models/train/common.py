@@ -251,7 +251,7 @@ class Run:
                 loss = ... (a batch of --batch-size drawn with gen)
                 run.backward(loss)
             gnorm = run.step_optimizer(opt, model.parameters())
-            run.log(loss=loss.item())
+            run.log(loss=run.step_mean())
         run.finish()
 
     A stage that draws one batch per step from ``run.gen`` and calls `clip_and_step` trains data-parallel
@@ -305,6 +305,7 @@ class Run:
         self._loop_elapsed0 = 0.0
         self._stopped_by = "steps"
         self._micro_batches_drawn = 0
+        self._step_means: dict[str, torch.Tensor] = {}
 
     def _saved_global_batch(self) -> int | None:
         state = torch.load(str(self.state_path), map_location="cpu", weights_only=True)
@@ -397,9 +398,16 @@ class Run:
             self._micro_batches_drawn += 1
             yield gen
 
-    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        """Backward of one micro-batch's mean loss, scaled so the accumulated gradient is the step's mean."""
-        (loss / self.grad_accum if self.grad_accum > 1 else loss).backward(retain_graph=retain_graph)
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False, key: str = "loss") -> None:
+        """Backward of one micro-batch's mean loss, scaled so the accumulated gradient is the step's mean;
+        `step_mean(key)` then gives the step's mean loss for the log."""
+        scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
+        scaled.backward(retain_graph=retain_graph)
+        self._step_means[key] = self._step_means.get(key, 0.0) + scaled.detach()
+
+    def step_mean(self, key: str = "loss") -> torch.Tensor:
+        """The mean over this step's micro-batches of the losses passed to `backward` under `key`."""
+        return self._step_means[key]
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer, params, clip: float | None = None) -> float:
         """Average over ranks, clip (--grad-clip), step, zero; returns the gradient norm before clipping."""
@@ -432,6 +440,7 @@ class Run:
                     group.setdefault("base_lr", group["lr"])
                     group["lr"] = group["base_lr"] * lr_factor(self.step, self.progress(), self.args.warmup,
                                                                self.args.schedule)
+            self._step_means = {}
             yield self.step
             if self.grad_accum > 1 and not self._micro_batches_drawn:
                 raise SystemExit(f"error: train {self.kind} does not support --global-batch accumulation; "

@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
             loss = F.smooth_l1_loss((pred.float() - target) / cfg.ef_scale, torch.zeros_like(target), beta=0.1)
             run_.backward(loss)
         gnorm = run_.step_optimizer(opt, model.parameters())
-        run_.log(loss=loss, mae=(pred.detach().float() - target).abs().mean(), gnorm=gnorm)
+        run_.log(loss=run_.step_mean(), mae=(pred.detach().float() - target).abs().mean(), gnorm=gnorm)
 
     summary = {}
     if args.eval_split and run_.is_main:

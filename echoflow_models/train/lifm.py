@@ -93,5 +93,5 @@ def run(args: argparse.Namespace) -> dict:
                                           noise=noise, t=t)
             run_.backward(loss)
         gnorm = run_.step_optimizer(opt, model.parameters())
-        run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
+        run_.log(loss=run_.step_mean(), gnorm=gnorm, lr=opt.param_groups[0]["lr"])
     return run_.finish()

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> dict:
             run_.backward(loss)
         gnorm = run_.step_optimizer(opt, params)
         acc = ((logits > 0).float() == label).float().mean()
-        run_.log(loss=loss, bce=bce, kl=kl, acc=acc, gnorm=gnorm)
+        run_.log(loss=run_.step_mean(), bce=bce, kl=kl, acc=acc, gnorm=gnorm)
 
     if not run_.is_main:  # the bank and tau are computed and written once, by rank 0
         return run_.finish()

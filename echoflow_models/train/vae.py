@@ -151,11 +151,12 @@ def run(args: argparse.Namespace) -> dict:
                     real = disc(x).float()
                     fake = disc(rec_x.detach()).float()
                     d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
-                run_.backward(d_loss)
+                run_.backward(d_loss, key="d")
         gnorm = run_.step_optimizer(opt_g, vae.parameters())
         if use_disc:
             run_.step_optimizer(opt_d, disc.parameters())
-        run_.log(rec=rec, kl=kl, adv=adv, lam=lam, d=d_loss, gnorm=gnorm, lr=opt_g.param_groups[0]["lr"])
+        d_mean = run_.step_mean("d") if use_disc else d_loss
+        run_.log(rec=rec, kl=kl, adv=adv, lam=lam, d=d_mean, gnorm=gnorm, lr=opt_g.param_groups[0]["lr"])
 
     summary = {}
     if not run_.is_main:  # the final PSNRs are measured once, by rank 0
