@@ -270,6 +270,7 @@ def build_latent_cache(vae: AutoencoderKL, root: str | os.PathLike, out_dir: str
     problem = broadcast_from_main(problem)
     if problem:
         raise SystemExit(problem)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)  # (rank 0 made it; a node may not see it yet)
     vae = vae.to(device).eval()
     masks = MaskSource(root)
     n_shards = math.ceil(len(records) / shard_videos)
