@@ -17,7 +17,8 @@ from echoflow_models.checkpoint import save_model
 from echoflow_models.efnet import EFRegressor, EFRegressorConfig
 from echoflow_models.train import train
 from echoflow_models.train.all import PRESETS
-from echoflow_models.train.data import LatentSet, MaskSource, load_latent_cache, select_records
+from echoflow_models.train.data import LatentSet, MaskSource, select_records
+from echoflow_models.train.latent_cache import load_latent_cache
 from echoflow_models.train.reid import choose_tau
 from echoflow_models.weights import bundled_weights_root
 
@@ -44,7 +45,7 @@ def tiny_vae(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_data, tiny_vae, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("cache")
-    cache, scaling = folder / "latents.pt", folder / "scaling.pt"
+    cache, scaling = folder / "latents", folder / "scaling.pt"
     train("latents", data=str(tiny_data), vae=str(tiny_vae), out=str(cache), scaling_out=str(scaling),
           phantom_masks=True, threads=1, quiet=True)
     return cache, scaling
@@ -82,7 +83,7 @@ def test_latent_cache_has_masks_views_and_scaling(tiny_cache):
     assert int(cache["offsets"][-1]) == cache["mean"].shape[0] == 10 * 8
     assert set(cache["views"].tolist()) == {0, 1}
     train_set = LatentSet(cache, "TRAIN")
-    assert train_set.has_mask.all() and train_set.masks.any()  # phantom masks for every TRAIN frame
+    assert train_set.has_mask[:].all() and train_set.masks[:].any()  # phantom masks for every TRAIN frame
     scaling = torch.load(str(scaling_path), weights_only=True)
     assert scaling["mean"].shape == (4,) and (scaling["std"] > 0).all()
 
@@ -274,12 +275,12 @@ def _check_train_all(work: Path, out: Path, info: str, steps_scale: int, dtype: 
     assert lvfm_set["num_patients"] == 5 and lvfm_set["extra_frames"] == 8 and lvfm_set["videos"] == 20
     assert lvfm_set["phase"] == 0.0 and lvfm_set["heart_rate"] == 75.0  # every clip starts at ED, 75 bpm
     assert load_model(out / "lvfm" / "phantom-stdit").config.caption_adaln is True
-    lvfm_cache = torch.load(work / "latents_lvfm.pt")
+    lvfm_cache = load_latent_cache(work / "latents_lvfm")
     assert set(lvfm_cache["splits"]) == {"TRAIN"} and len(lvfm_cache["splits"]) == 3 * 2 * 2
     assert lvfm_cache["has_mask"].any()  # the clips carry LV masks for the LIFM's mask channel
     # the LIFM learned the clips' first frames (end-diastole), the frames the LVFM animates
     lifm_args = json.loads((work / "lifm" / "training" / "args.json").read_text())
-    assert lifm_args["latents"] == str(work / "latents_lvfm.pt") and lifm_args["frames"] == "first"
+    assert lifm_args["latents"] == str(work / "latents_lvfm") and lifm_args["frames"] == "first"
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
     assert info.count("loads strictly") == 5
