@@ -29,7 +29,7 @@ from ..checkpoint import load_model
 from ..lv_ef import measure_ef
 from ..lvseg import LVSegConfig, LVSegNet
 from ..vae import frames_to_model_range, model_range_to_frames
-from .common import Run, add_common_args, clip_and_step
+from .common import Run, add_common_args
 from .data import MaskSource, load_frames, record_view, select_records
 
 
@@ -195,21 +195,22 @@ def run(args: argparse.Namespace) -> dict:
     opt = run_.optimizer(model.parameters())
     run_.track({"model": model}, {"opt": opt})
     for _ in run_.steps():
-        idx = torch.randint(len(frames), (args.batch_size,), generator=run_.gen)
-        x = frames[idx]
-        if recon is not None:
-            use = torch.rand(len(idx), generator=run_.gen) < args.p_vae
-            x = torch.where(use[:, None, None], recon[idx], x)
-        x = (x.float() / 128.0 - 1.0)[:, None]
-        y = masks[idx].float()[:, None]
-        x, y = augment(x, y, run_.gen, args)
-        with run_.autocast():
-            logits = model(x.to(device))
-        loss = seg_loss(logits.float(), y.to(device))
-        gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
-        run_.log(loss=loss, gnorm=gnorm)
+        for gen in run_.micro_batches():  # one per step unless --global-batch asks for accumulation
+            idx = torch.randint(len(frames), (args.batch_size,), generator=gen)
+            x = frames[idx]
+            if recon is not None:
+                use = torch.rand(len(idx), generator=gen) < args.p_vae
+                x = torch.where(use[:, None, None], recon[idx], x)
+            x = (x.float() / 128.0 - 1.0)[:, None]
+            y = masks[idx].float()[:, None]
+            x, y = augment(x, y, gen, args)
+            with run_.autocast():
+                logits = model(x.to(device))
+            run_.backward(seg_loss(logits.float(), y.to(device)))
+        gnorm = run_.step_optimizer(opt, model.parameters())
+        run_.log(loss=run_.step_mean(), gnorm=gnorm)
     summary = {}
-    if args.eval_split and args.eval_videos:
+    if args.eval_split and args.eval_videos and run_.is_main:
         result = evaluate_seg(run_.export_model(), args.data, args.eval_split, args.eval_videos, vae, device)
         summary = {f"{args.eval_split.lower()}_{variant}_{k}": v for variant, vals in result.items()
                    for k, v in vals.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
