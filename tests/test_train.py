@@ -262,6 +262,24 @@ def test_volume_tracings_become_masks(tmp_path, tiny_data):
     assert masks[3].sum() > 1500 and masks[3, 50, 56] and not masks[3, 50, 20] and masks[0].sum() == 0
 
 
+def test_a_cache_of_partly_traced_videos_keeps_the_traced_frames(tmp_path, tiny_data, tiny_vae):
+    """EchoNet-Dynamic traces two frames of each video: the untraced (empty) frames must not stop the cache."""
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("Masks"))
+    rec = select_records(root, "TRAIN")[0]
+    lines = ["FileName,X1,Y1,X2,Y2,Frame", f"{rec.file_name}.avi,56,20,56,90,3"]
+    lines += [f"{rec.file_name}.avi,40,{y},72,{y},3" for y in range(25, 90, 5)]
+    (root / "VolumeTracings.csv").write_text("\n".join(lines) + "\n")
+    train("latents", data=str(root), vae=str(tiny_vae), out=str(tmp_path / "cache"), splits="TRAIN", quiet=True)
+    cache = load_latent_cache(tmp_path / "cache")
+    first = cache["file_names"].index(rec.file_name)
+    start = int(cache["offsets"][first])
+    has = cache["has_mask"][start: start + 8]
+    assert has.tolist() == [False, False, False, True, False, False, False, False]
+    assert cache["masks"][start + 3].any() and not cache["masks"][start: start + 3].any()
+    assert int(cache["has_mask"].sum()) == 1
+
+
 def _train_all_data(tmp_path) -> Path:
     data = tmp_path / "ds"
     train("dataset", out=str(data), patients=5, seed=3, views="A4C,PSAX", frames=8, extra_videos=0,

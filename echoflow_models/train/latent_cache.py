@@ -307,7 +307,12 @@ def encode_videos(vae: AutoencoderKL, root, records, masks: MaskSource, device: 
             has_parts.append(torch.zeros(frames.shape[0], dtype=torch.bool))
         else:
             m, has = found
-            mask_parts.append((preprocess_mask(m.float(), size)[:, 0] > 0.5) & has[:, None, None])
+            # only traced frames are prepared: EchoNet-Dynamic traces 2 frames per video, and an untraced
+            # (empty) frame is not a mask the preparation accepts
+            small = torch.zeros(len(m), size, size, dtype=torch.bool)
+            if has.any():
+                small[has] = preprocess_mask(m[has].float(), size)[:, 0] > 0.5
+            mask_parts.append(small)
             has_parts.append(has)
         videos.append({"file_names": rec.file_name, "splits": rec.split, "identities": record_identity(rec),
                        "views": VIEWS.index(record_view(rec)), "ef": float(rec.ef),
