@@ -221,6 +221,24 @@ def _lock(fh) -> None:
     fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # waits: appends from other processes are short
 
 
+def _check_header(path: Path, header: tuple[str, ...]) -> None:
+    if header != TRACING_COLUMNS:
+        raise LVLabelError(f"{path}: its header is {','.join(header)}, not EchoNet-Dynamic's "
+                           f"{','.join(TRACING_COLUMNS)}; it is left alone (use another dataset folder)")
+
+
+def check_tracings_file(root: str | os.PathLike) -> None:
+    """Read-only preflight: an existing ``VolumeTracings.csv`` in `root` must have EchoNet-Dynamic's header
+    (so labels can be appended to it); a missing one is fine (it will be created)."""
+    path = Path(root).expanduser() / TRACINGS_NAME
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        first = next(csv.reader(fh), None)
+    if first is not None:
+        _check_header(path, tuple(c.strip() for c in first))
+
+
 def _append_tracings(path: Path, file_name: str, rows: list[list[str]]) -> bool:
     """Append `rows` under an exclusive lock, creating the CSV with its header if missing. Other rows are never
     rewritten; a video that already has tracings gets none added (False), and an existing CSV whose header
@@ -233,10 +251,7 @@ def _append_tracings(path: Path, file_name: str, rows: list[list[str]]) -> bool:
             text = text[1:]
         existing = list(csv.reader(io.StringIO(text)))
         if existing:
-            header = tuple(c.strip() for c in existing[0])
-            if header != TRACING_COLUMNS:
-                raise LVLabelError(f"{path}: its header is {','.join(header)}, not EchoNet-Dynamic's "
-                                   f"{','.join(TRACING_COLUMNS)}; it is left alone (use another dataset folder)")
+            _check_header(path, tuple(c.strip() for c in existing[0]))
             names = {r[0].strip().removesuffix(".avi") for r in existing[1:] if r}
             if file_name in names:
                 return False
