@@ -25,21 +25,6 @@ FRAMES = 48
 
 
 @pytest.fixture(scope="module")
-def pack():
-    return headless.load_pack(ROOT)
-
-
-@pytest.fixture(scope="module")
-def M(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def bridge(pack):
-    return sys.modules[headless.PACK_NAME + ".nodes.bridge"]
-
-
-@pytest.fixture(scope="module")
 def InputError(pack):
     return sys.modules[headless.PACK_NAME + ".nodes.common"].EchoFlowInputError
 
