@@ -115,3 +115,24 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory, reid_tiny_dir: Path) -> 
              for v in ("A4C", "PSAX", "PLAX")}
     (root / "gates.json").write_text(json.dumps(gates))
     return root
+
+
+# ------------------------------------------------------------------------------- the node pack, no ComfyUI
+@pytest.fixture(scope="module")
+def pack():
+    """The pack imported under its private package name, as the headless runner loads it."""
+    import headless
+
+    return headless.load_pack(ROOT)
+
+
+@pytest.fixture(scope="module")
+def M(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def bridge(pack):
+    import headless
+
+    return sys.modules[headless.PACK_NAME + ".nodes.bridge"]
