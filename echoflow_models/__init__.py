@@ -1,6 +1,6 @@
 """EchoFlow in pure PyTorch: checkpoint-exact A-VAE, LIFM, ReID and LVFM, flow sampling and the pipeline."""
 
-from . import efnet  # noqa: F401  (registers EFRegressor with load_model)
+from . import efnet, lvseg  # noqa: F401  (register EFRegressor and LVSegNet with load_model)
 from .checkpoint import CheckpointError, load_model, save_model
 
 __all__ = ["CheckpointError", "load_model", "save_model", "__version__"]

@@ -26,7 +26,7 @@ def _transformer_block(batch: int, tokens: int, hidden: int, heads: int, mlp_rat
 def activation_bytes(model: nn.Module, batch: int, dtype: torch.dtype = torch.float32) -> int:
     """Peak activation bytes of `model` on `batch` items: latent images for the LIFM and the ReID, latent
     videos for the LVFM (count both guidance branches in `batch`), frames to decode for the VAE, videos for
-    the EF regressor."""
+    the EF regressor, frames for the LV segmentation network."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     size = _bytes(dtype)
@@ -51,6 +51,8 @@ def activation_bytes(model: nn.Module, batch: int, dtype: torch.dtype = torch.fl
         elems = batch * cfg.block_out_channels[0] * side * side * 5
     elif name == "EFRegressor":  # the stem runs on the resampled clip with the first stage's channels
         elems = batch * cfg.frames * cfg.size * cfg.size * cfg.channels[0] * 6
+    elif name == "LVSegNet":  # frames at full resolution: the first and last blocks' convs, norms, the skip
+        elems = batch * cfg.size * cfg.size * cfg.channels[0] * 8
     elif name == "ReID":  # a ResNet18 on [C, 28, 28] latents: its stem at the latent's resolution dominates
         elems = batch * cfg.width * 28 * 28 * 6
     else:

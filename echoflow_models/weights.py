@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KINDS = ("vae", "lifm", "lvfm", "reid", "ef")
+KINDS = ("vae", "lifm", "lvfm", "reid", "ef", "seg")
 ENV_WEIGHTS = "ECHOFLOW_WEIGHTS"
 
 RELEASED_VAE = "avae-4f4"  # the only VAE the released generative models and scaling.pt were trained on

@@ -152,6 +152,12 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     inputs[name] = values[name]
         else:
             layout = widget_layout(info)
+            missing = layout[len(values):]
+            optional = set(info["input_order"].get("optional", []))
+            if missing and all(name in optional for name, _control in missing):
+                # optional widgets the node gained after the workflow was saved: like the frontend, leave them
+                # at their defaults (the node's function defaults), so older workflows keep running
+                layout = layout[:len(values)]
             if len(values) != len(layout):
                 raise WorkflowError(
                     f"node {node['id']} ({ctype}): {len(values)} widget values but the node has {len(layout)} "

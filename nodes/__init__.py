@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import loaders, outputs, privacy, sampling, vae_nodes
+from . import analysis, loaders, outputs, privacy, sampling, vae_nodes
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (loaders, sampling, privacy, vae_nodes, outputs):
+for _module in (loaders, sampling, privacy, vae_nodes, outputs, analysis):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

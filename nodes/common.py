@@ -20,6 +20,7 @@ LIFM_T = "ECHOFLOW_LIFM"
 LVFM_T = "ECHOFLOW_LVFM"
 GATE_T = "ECHOFLOW_GATE"
 EF_T = "ECHOFLOW_EF_MODEL"
+SEG_T = "ECHOFLOW_SEG_MODEL"  # an LV segmentation network (LVSegNet)
 LATENT_T = "ECHOFLOW_LATENT"
 # What travels with decoded frames: how the IMAGE batch splits into videos, and each video's EF, seeds,
 # models and privacy verdict (from the latents' metadata), so output nodes need no extra wires.
@@ -196,6 +197,20 @@ def save_preview(frames_u8: torch.Tensor, prefix: str = "echoflow_preview") -> l
         Image.fromarray(frame.cpu().numpy()).save(folder / name, compress_level=1)
         out.append({"filename": name, "subfolder": "", "type": "temp"})
     return out
+
+
+def webp_preview(frames_u8: torch.Tensor, fps: float, prefix: str = "echoflow_video_preview") -> dict:
+    """uint8 ``[T,H,W,3]`` -> an animated WebP in the temp folder (a browser plays it; it cannot play AVI);
+    the ComfyUI ``ui.images`` entry."""
+    from PIL import Image
+
+    folder = bridge.temp_directory()
+    stem, _ = bridge.next_save_name(folder, prefix, [".webp"])
+    path = stem.with_name(stem.name + ".webp")
+    pil = [Image.fromarray(f) for f in frames_u8.cpu().numpy()]
+    pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(1000 / max(fps, 0.01)), loop=0,
+                lossless=False, quality=85)
+    return {"filename": path.name, "subfolder": "", "type": "temp"}
 
 
 def run_in_chunks(total: int, size: int, fn, what: str) -> list:

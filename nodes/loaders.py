@@ -1,4 +1,5 @@
-"""Loader nodes: A-VAE (+ scaling.pt), LIFM, LVFM, privacy gate (ReID + anatomy banks), EF regressor."""
+"""Loader nodes: A-VAE (+ scaling.pt), LIFM, LVFM, privacy gate (ReID + anatomy banks), EF regressor, LV
+segmentation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import bridge
-from .common import CATEGORY, EF_T, GATE_T, LIFM_T, LVFM_T, VAE_T, VIEWS, EchoFlowInputError
+from .common import CATEGORY, EF_T, GATE_T, LIFM_T, LVFM_T, SEG_T, VAE_T, VIEWS, EchoFlowInputError
 
 LOADERS = CATEGORY + "/loaders"
 
@@ -367,12 +368,45 @@ class EchoFlowLoadEFRegressor:
         return (_load(folder, "ef", model_name, precision, "ef"),)
 
 
+class EchoFlowLoadLVSegmentation:
+    SEARCH_ALIASES = ["lv segmentation", "left ventricle", "unet", "echonet"]
+    DESCRIPTION = (
+        "Loads a left-ventricle segmentation network (seg/<name>/, a small 2-D U-Net): outlines the LV cavity "
+        "in every frame, for EchoFlow Segment LV, EF by segmentation in Estimate EF, and LV labels in Save "
+        "EchoNet Dataset."
+    )
+    CATEGORY = LOADERS
+    FUNCTION = "load"
+    RETURN_TYPES = (SEG_T,)
+    RETURN_NAMES = ("seg_model",)
+    OUTPUT_TOOLTIPS = ("The LV segmentation model, for EchoFlow Segment LV / Estimate EF / Save EchoNet "
+                       "Dataset.",)
+
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_inputs):
+        return _fingerprint("seg", model_name)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": _model_input("seg", "LV segmentation model folder"),
+                "precision": _precision_input(),
+            }
+        }
+
+    def load(self, model_name, precision):
+        folder = bridge.resolve_model("seg", model_name)
+        return (_load(folder, "seg", model_name, precision, "seg"),)
+
+
 NODE_CLASS_MAPPINGS = {
     "EchoFlowLoadVAE": EchoFlowLoadVAE,
     "EchoFlowLoadImageFlow": EchoFlowLoadImageFlow,
     "EchoFlowLoadVideoFlow": EchoFlowLoadVideoFlow,
     "EchoFlowLoadPrivacyGate": EchoFlowLoadPrivacyGate,
     "EchoFlowLoadEFRegressor": EchoFlowLoadEFRegressor,
+    "EchoFlowLoadLVSegmentation": EchoFlowLoadLVSegmentation,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoFlowLoadVAE": "EchoFlow Load VAE",
@@ -380,4 +414,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoFlowLoadVideoFlow": "EchoFlow Load Video Flow",
     "EchoFlowLoadPrivacyGate": "EchoFlow Load Privacy Gate",
     "EchoFlowLoadEFRegressor": "EchoFlow Load EF Regressor",
+    "EchoFlowLoadLVSegmentation": "EchoFlow Load LV Segmentation",
 }

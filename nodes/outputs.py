@@ -1,4 +1,4 @@
-"""Output nodes: Save Video (mp4/AVI + preview + metadata), Save EchoNet Dataset, Estimate EF, Stack Videos."""
+"""Output nodes: Save Video (mp4/AVI + preview + metadata), Save EchoNet Dataset (+ LV labels), Stack Videos."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from .common import (
     CATEGORY,
     EF_MAX,
     EF_MIN,
-    EF_T,
+    SEG_T,
     VIDEO_INFO_T,
     EchoFlowInputError,
     ef_category,
     to_json,
     videos_and_info,
+    webp_preview,
 )
 
 PREVIEW = "preview only"  # an mp4 per video in ComfyUI's temp folder: shown on the node, nothing kept
@@ -37,19 +38,6 @@ def write_video(path: Path, frames: torch.Tensor, fps: float, kind: str, metadat
     if kind == "mp4":
         return write_mp4(path, array, fps, metadata=metadata)
     return write_avi(path, array, fps)
-
-
-def _webp_preview(frames: torch.Tensor, fps: float) -> dict:
-    """An animated WebP in the temp folder (a browser cannot play AVI)."""
-    from PIL import Image
-
-    folder = bridge.temp_directory()
-    stem, _ = bridge.next_save_name(folder, "echoflow_video_preview", [".webp"])
-    path = stem.with_name(stem.name + ".webp")
-    pil = [Image.fromarray(f) for f in frames.cpu().numpy()]
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(1000 / max(fps, 0.01)), loop=0,
-                lossless=False, quality=85)
-    return {"filename": path.name, "subfolder": "", "type": "temp"}
 
 
 def _run_metadata(prompt, extra_pnginfo, **fields) -> dict:
@@ -146,7 +134,7 @@ class EchoFlowSaveVideo:
             if not preview_only:
                 base.with_name(base.name + ".json").write_text(to_json(item_meta))
             if "mp4" not in kinds:
-                previews.append(_webp_preview(video, fps))
+                previews.append(webp_preview(video, fps))
             outputs.append(bridge.video_from_file(first))
             progress.update(1)
         ui = {"images": previews, "animated": [True] * len(previews),
@@ -165,7 +153,8 @@ class EchoFlowSaveEchoNetDataset:
         "Appends videos to a dataset in the EchoNet-Dynamic layout (Videos/*.avi and FileList.csv with EF, "
         "split, frames and fps) inside ComfyUI's output folder. Every row records its source, privacy verdict, "
         "seeds and weights; a generation already in the dataset (same weights, seeds and EF, e.g. a re-queued "
-        "run with a fixed seed) is not written again. Existing rows and files are never overwritten or deleted."
+        "run with a fixed seed) is not written again. Existing rows and files are never overwritten or deleted. "
+        "With seg_model connected, each video also gets LV labels (Masks/<name>.npz and VolumeTracings.csv)."
     )
     CATEGORY = CATEGORY + "/output"
     FUNCTION = "save"
@@ -199,10 +188,14 @@ class EchoFlowSaveEchoNetDataset:
                                                    "FileList.csv this pack did not write (e.g. a real dataset): the "
                                                    "original is kept as FileList.original.csv and every new row "
                                                    "is marked Source=EchoFlow."}),
+                "seg_model": (SEG_T, {"tooltip": "LV segmentation model (EchoFlow Load LV Segmentation): each "
+                                      "saved video also gets LV labels, Masks/<name>.npz (a mask per frame) and "
+                                      "its ED/ES tracings in VolumeTracings.csv (EchoNet-Dynamic's layout)."}),
             },
         }
 
-    def save(self, images, ef, dataset_dir, split, fps, name_prefix, video_info=None, append_to_existing=False):
+    def save(self, images, ef, dataset_dir, split, fps, name_prefix, video_info=None, append_to_existing=False,
+             seg_model=None):
         from echoflow_models.conventions import check_ef
         from echoflow_models.echonet import EchoNetFormatError, read_filelist
         from echoflow_models.synthetic_dataset import append_synthetic, check_name_prefix, generation_key
@@ -228,9 +221,10 @@ class EchoFlowSaveEchoNetDataset:
             )
         out_dir = bridge.output_directory()
         root = bridge.safe_subpath(out_dir, dataset_dir or "echoflow/echonet_synthetic")
+        labels = _plan_lv_labels(seg_model, videos, float(fps), run, root) if seg_model is not None else None
         weights = "+".join(str(run[k]) for k in ("lifm_model", "lvfm_model") if run.get(k))
         progress = bridge.Progress(len(videos), "save dataset")
-        added, duplicates = [], []
+        added, duplicates, label_notes = [], [], []
         # everything that decides the pixels; a video whose metadata lacks any of it gets no key (the ContentHash
         # still keeps byte-identical frames out)
         key_fields = ("lifm_id", "lvfm_id", "vae_id", "lifm_dtype", "lvfm_dtype", "vae_dtype", "view", "image_steps",
@@ -254,76 +248,63 @@ class EchoFlowSaveEchoNetDataset:
             except EchoNetFormatError as exc:
                 raise EchoFlowInputError(f"dataset_dir: {exc}") from None
             (added if written else duplicates).append(rec.file_name)
+            if labels is not None:
+                label_notes.append(_write_lv_labels(root, rec.file_name, written, *labels[i]))
             progress.update(1)
         total = len(read_filelist(root))
         shown = root.resolve().relative_to(out_dir.resolve()).as_posix()
         text = f"{len(added)} video(s) added to {shown} ({total} in FileList.csv)"
         text += f": {', '.join(added)}" if added else ""
+        if labels is not None:
+            labelled = sum(note is None for note in label_notes)
+            text += f"; LV labels (Masks/*.npz, ED/ES in VolumeTracings.csv) for {labelled} of {len(videos)} video(s)"
+            text += "".join(f"; {note}" for note in label_notes if note)
         if duplicates:
             text += (f"; {len(duplicates)} already there (same weights, seeds and EF: {', '.join(duplicates)}), not "
                      "written again. Change the seeds (control after generate: increment) for new videos")
         return {"ui": {"text": [text]}, "result": (shown, total)}
 
 
-class EchoFlowEstimateEF:
-    SEARCH_ALIASES = ["ejection fraction", "lvef"]
-    DESCRIPTION = (
-        "Estimates the ejection fraction of each video with an EF regressor, so a workflow can check that "
-        "generated videos show the EF they were conditioned on (connect VAE Decode's video_info: each video is "
-        "compared with the EF it was asked for)."
-    )
-    CATEGORY = CATEGORY + "/analysis"
-    FUNCTION = "estimate"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("FLOAT", "STRING")
-    RETURN_NAMES = ("ef", "report")
-    OUTPUT_TOOLTIPS = ("Mean estimated EF over the videos (percent).",
-                       "Per-video estimates, categories and the error to the requested EF when known.")
+def _plan_lv_labels(seg_model, videos: list[torch.Tensor], fps: float, run: dict, root: Path) -> list[tuple]:
+    """Segment every video and pick its traced ED/ES frames before anything is written: [(masks, ED, ES)].
+    A video whose traced frames show no LV cavity, or a VolumeTracings.csv that is not EchoNet's, stops the
+    save here, with nothing written."""
+    from echoflow_models.lv_labels import LVLabelError, check_tracings_file, traced_frames, tracing_rows
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "ef_model": (EF_T, {"tooltip": "EF regressor from EchoFlow Load EF Regressor."}),
-                "images": ("IMAGE", {"tooltip": "Video frames from EchoFlow VAE Decode."}),
-            },
-            "optional": {
-                "video_info": (VIDEO_INFO_T, {"tooltip": "VAE Decode's video_info: splits the frames into videos "
-                                              "and gives each video's requested EF, so the report shows the error. "
-                                              "Without it the whole batch is one video."}),
-            },
-        }
+    from .analysis import check_measure_inputs, check_seg_model, resolve_view, segment_videos
 
-    def estimate(self, ef_model, images, video_info=None):
-        from echoflow_models.efnet import video_to_input
+    check_seg_model(seg_model)
+    check_measure_inputs(seg_model, videos, fps, "area-length")
+    try:
+        check_tracings_file(root)
+    except LVLabelError as exc:
+        raise EchoFlowInputError(f"dataset_dir: {exc}. Nothing was written") from None
+    plan = []
+    for i, (masks, m) in enumerate(segment_videos(seg_model, videos, fps, resolve_view("auto", run), "area-length")):
+        ed, es = traced_frames(m.volumes, m.ed_frames, m.es_frames)
+        try:
+            tracing_rows(f"video {i}", masks, [ed, es])
+        except LVLabelError as exc:
+            raise EchoFlowInputError(
+                f"seg_model: {exc} (video {i} of this batch). Nothing was written; disconnect seg_model to save "
+                "these videos without LV labels"
+            ) from None
+        plan.append((masks, ed, es))
+    return plan
 
-        if ef_model is None or getattr(ef_model, "kind", None) != "ef":
-            raise EchoFlowInputError("ef_model: connect EchoFlow Load EF Regressor")
-        videos, items, _run = videos_and_info(images, video_info)
-        targets = [item.get("ef") for item in items]
-        device = bridge.load_models([ef_model], memory_required=bridge.activation_memory(ef_model, 1))
-        progress = bridge.Progress(len(videos), "estimate EF")
-        values = []
-        with torch.inference_mode():
-            for video in videos:
-                x = video_to_input(video).to(device=device, dtype=ef_model.dtype)  # the library's one rule
-                out = ef_model.module(x)
-                values.append(float(torch.as_tensor(out).float().reshape(-1)[0]))
-                progress.update(1)
-        lines = []
-        for i, v in enumerate(values):
-            line = f"video {i}: EF {v:.1f}% ({ef_category(v)})"
-            if targets[i] is not None:
-                line += f", target {float(targets[i]):.1f}%, error {abs(v - float(targets[i])):.1f}"
-            lines.append(line)
-        mean = sum(values) / len(values)
-        if len(values) > 1:
-            lines.append(f"mean EF {mean:.1f}%")
-        report = "\n".join(lines)
-        ui = {"text": [report], "echoflow_ef": values}
-        if targets[0] is not None and len(set(targets)) == 1:  # one requested EF for every video
-            ui["echoflow_ef_target"] = [float(targets[0])]
-        return {"ui": ui, "result": (mean, report)}
+
+def _write_lv_labels(root: Path, file_name: str, written: bool, masks: torch.Tensor, ed: int, es: int) -> str | None:
+    """Write one saved video's LV labels; None when they are in place, else why not (the video stays saved).
+    A video that was already in the dataset gets labels only if it has none yet."""
+    from echoflow_models.lv_labels import MASKS_DIR, LVLabelError, write_lv_labels
+
+    if not written and (root / MASKS_DIR / f"{file_name}.npz").exists():
+        return None
+    try:
+        write_lv_labels(root, file_name, masks, ed, es)
+    except LVLabelError as exc:
+        return f"{file_name}: no LV labels written ({exc})"
+    return None
 
 
 class EchoFlowStackVideos:
@@ -373,12 +354,10 @@ class EchoFlowStackVideos:
 NODE_CLASS_MAPPINGS = {
     "EchoFlowSaveVideo": EchoFlowSaveVideo,
     "EchoFlowSaveEchoNetDataset": EchoFlowSaveEchoNetDataset,
-    "EchoFlowEstimateEF": EchoFlowEstimateEF,
     "EchoFlowStackVideos": EchoFlowStackVideos,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EchoFlowSaveVideo": "EchoFlow Save Video",
     "EchoFlowSaveEchoNetDataset": "EchoFlow Save EchoNet Dataset",
-    "EchoFlowEstimateEF": "EchoFlow Estimate EF",
     "EchoFlowStackVideos": "EchoFlow Stack Videos",
 }

@@ -50,6 +50,8 @@ from echoflow_models.reid import select_tau, similarity_matrix
 from echoflow_models.vae import frames_to_gray
 from echoflow_models.weights import default_weights_root, find_model_folders
 
+from .lv_instrument import instrument_error, load_seg, response_stats, seg_ef
+
 # Dataset seeds of the evaluation's own phantom patients; patient identities are hashed from
 # (dataset seed, index), so these never coincide with the demo training set's patients.
 EVAL_REAL_SEED = 7001
@@ -124,7 +126,9 @@ def evaluate_vae(pipe: EchoFlowPipeline, sizes: EvalSizes, seed: int) -> dict:
 
 
 def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, sizes: EvalSizes, seed: int,
-                         view: str, quiet: bool) -> dict:
+                         view: str, quiet: bool, seg: torch.nn.Module | None = None) -> dict:
+    """Videos generated at EFs evenly spread over 20-80 %, read by the EF regressor and (`seg`) by LV
+    segmentation (`by_segmentation`: MAE, r, slope, bias, residual sd and the per-request table)."""
     requested = np.linspace(20.0, 80.0, sizes.fidelity_videos)
     videos, tries, gen_times = [], [], []
     bar = ProgressBar("EF fidelity ", enabled=not quiet)
@@ -138,37 +142,51 @@ def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, siz
         bar.update(i + 1, len(requested))
     measured = predict_ef(regressor, videos)
     metrics = regression_metrics(torch.from_numpy(requested), torch.from_numpy(measured))
-    return {
+    out = {
         "mae": metrics["mae"], "pearson_r": metrics["pearson_r"], "rmse": metrics["rmse"],
+        "slope": float(np.polyfit(requested, measured, 1)[0]),
         "requested": requested.round(2).tolist(), "measured": measured.round(2).tolist(),
         "gate_tries": tries, "videos": len(videos), "image_steps": sizes.image_steps,
         "video_steps": sizes.video_steps, "generate_s_median": float(np.median(gen_times)),
     }
+    if seg is not None:
+        out["by_segmentation"] = response_stats(requested, seg_ef(seg, videos, view))
+        out["flicker_ef_r"] = float(np.corrcoef(requested, [temporal_flicker(torch.from_numpy(v)) for v in videos])[0, 1])
+    return out
 
 
 RESPONSE_EFS = (20.0, 50.0, 80.0)
 
 
 def evaluate_ef_response(pipe: EchoFlowPipeline, regressor: torch.nn.Module, sizes: EvalSizes, seed: int,
-                         view: str) -> dict:
+                         view: str, seg: torch.nn.Module | None = None) -> dict:
     """How much the EF token alone moves the measured EF: each latent image is animated at EF 20, 50 and 80
     with the same video noise, so only the EF differs. The slope of measured vs requested EF is 1 for a
     perfectly EF-conditioned model and 0 for one that ignores the EF; `between_image_std` is how much the
     measured EF varies across images at a fixed requested EF (what the fidelity MAE also contains)."""
-    rows = []
+    rows, seg_rows = [], []
     for i in range(sizes.response_images):
         image_seed = seed + 100 + i  # disjoint from the fidelity videos' seeds
         image = pipe.sample_images(view, None, sizes.image_steps, "euler", image_seed, 1)
         videos = [_gray(pipe.decode(pipe.animate(image, ef, sizes.video_steps, "euler", sizes.guidance,
                                                  seed=image_seed))[0]) for ef in RESPONSE_EFS]
         rows.append(predict_ef(regressor, videos))
+        if seg is not None:
+            seg_rows.append(seg_ef(seg, videos, view))
     measured = np.stack(rows)  # [images, EFs]
     slopes = np.polyfit(np.array(RESPONSE_EFS), measured.T, 1)[0]
-    return {
+    out = {
         "requested": list(RESPONSE_EFS), "measured": measured.round(2).tolist(),
         "slope_mean": float(slopes.mean()), "slope_per_image": slopes.round(4).tolist(),
         "between_image_std": float(measured.std(0).mean()), "images": sizes.response_images,
     }
+    if seg_rows:
+        by_seg = np.stack(seg_rows)
+        ok = np.isfinite(by_seg).all(1)
+        seg_slopes = np.polyfit(np.array(RESPONSE_EFS), by_seg[ok].T, 1)[0] if ok.any() else np.array([np.nan])
+        out["by_segmentation"] = {"measured": by_seg.round(2).tolist(), "slope_mean": float(np.mean(seg_slopes)),
+                                  "between_image_std": float(by_seg[ok].std(0).mean()) if ok.any() else None}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -445,6 +463,7 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
     pipe = EchoFlowPipeline.from_folder(root, views=[view], device="cpu")
     regressor_folder = ef_regressor_folder(root)
     regressor = load_model(regressor_folder)
+    seg = load_seg(root) if find_model_folders(root, "seg") else None
     if sizes.guidance is None:
         sizes = replace(sizes, guidance=pipe.default_guidance)
     own_work = work is None
@@ -453,8 +472,10 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
     try:
         timer = time.perf_counter()
         report["vae"] = evaluate_vae(pipe, sizes, seed)
-        report["ef_fidelity"] = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet)
-        report["ef_response"] = evaluate_ef_response(pipe, regressor, sizes, seed, view)
+        if seg is not None:
+            report["seg_instrument"] = instrument_error(seg, pipe, sizes.fidelity_videos, view)
+        report["ef_fidelity"] = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet, seg)
+        report["ef_response"] = evaluate_ef_response(pipe, regressor, sizes, seed, view, seg)
         report["synthetic_vs_real"] = evaluate_synthetic_vs_real(pipe, regressor, work, sizes, seed, view, quiet,
                                                                  str(regressor_folder.relative_to(root)))
         report["privacy"] = evaluate_privacy(pipe, root, sizes, seed, view)
@@ -485,9 +506,11 @@ GUIDANCE_TUNING_SEED = 50_000
 
 def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates: list[float], videos: int,
                   view: str = "A4C", seed: int = GUIDANCE_TUNING_SEED, image_steps: int = 50,
-                  video_steps: int = 50, quiet: bool = False) -> dict:
+                  video_steps: int = 50, quiet: bool = False, seg: torch.nn.Module | None = None) -> dict:
     """EF fidelity (as in `evaluate`) of `videos` generated videos per candidate guidance, with the same
-    seeds for every candidate; the winner has the lowest MAE (ties: the smaller guidance)."""
+    seeds for every candidate. With an LV segmentation model the winner has the lowest MAE by segmentation
+    (the instrument a generator cannot satisfy with texture cues; ties: the lower regressor MAE, then the
+    smaller guidance); without one, the lowest regressor MAE."""
     if not candidates or any(not 0.0 <= g <= MAX_GUIDANCE for g in candidates):
         raise ValueError(f"guidance candidates must be a non-empty list in [0, {MAX_GUIDANCE:g}], got {candidates}")
     if videos < 3:
@@ -495,10 +518,21 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
     table = {}
     for g in candidates:
         sizes = EvalSizes(fidelity_videos=videos, image_steps=image_steps, video_steps=video_steps, guidance=g)
-        fidelity = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet)
-        table[f"{g:g}"] = {k: fidelity[k] for k in ("mae", "pearson_r", "rmse", "measured")}
-    best = min(candidates, key=lambda g: (table[f"{g:g}"]["mae"], g))
-    return {"guidance": float(best), "criterion": "lowest EF MAE of generated vs requested EF (20-80 %)",
+        fidelity = evaluate_ef_fidelity(pipe, regressor, sizes, seed, view, quiet, seg)
+        table[f"{g:g}"] = {k: fidelity[k] for k in ("mae", "pearson_r", "rmse", "slope", "measured", "by_segmentation")
+                           if k in fidelity}
+
+    def seg_mae(g: float) -> float:
+        value = table[f"{g:g}"].get("by_segmentation", {}).get("mae", float("nan"))
+        return value if np.isfinite(value) else float("inf")
+
+    if seg is not None:
+        best = min(candidates, key=lambda g: (seg_mae(g), table[f"{g:g}"]["mae"], g))
+        criterion = "lowest MAE of EF by LV segmentation vs requested EF (20-80 %); ties: regressor MAE"
+    else:
+        best = min(candidates, key=lambda g: (table[f"{g:g}"]["mae"], g))
+        criterion = "lowest EF MAE of generated vs requested EF (20-80 %), by the EF regressor (no seg model)"
+    return {"guidance": float(best), "criterion": criterion,
             "view": view, "seed": seed, "videos": videos, "steps": {"image": image_steps, "video": video_steps},
             "requested": fidelity["requested"], "candidates": table}
 
@@ -538,13 +572,17 @@ def cmd_tune_guidance(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
+        seg = load_seg(root) if find_model_folders(root, "seg") else None
         result = tune_guidance(pipe, load_model(regressor_folder), candidates, args.videos, args.view,
-                               args.seed, args.image_steps, args.video_steps, args.quiet)
+                               args.seed, args.image_steps, args.video_steps, args.quiet, seg)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     result["regressor"] = str(regressor_folder.relative_to(root))
     for g, row in result["candidates"].items():
-        print(f"guidance {g:>5}: EF MAE {row['mae']:6.2f}, r {row['pearson_r']:.3f}")
+        by_seg = row.get("by_segmentation", {})
+        seg_text = (f"; by segmentation MAE {by_seg['mae']:6.2f}, r {by_seg['pearson_r']:.3f}, slope "
+                    f"{by_seg['slope']:.2f}" if "mae" in by_seg else "")
+        print(f"guidance {g:>5}: regressor EF MAE {row['mae']:6.2f}, r {row['pearson_r']:.3f}{seg_text}")
     target = Path(pipe.lvfm.source_folder) / SAMPLING_NAME
     print(f"best: guidance {result['guidance']:g}")
     if args.write:
@@ -553,6 +591,25 @@ def cmd_tune_guidance(args: argparse.Namespace) -> int:
     else:
         print(f"(not written; --write saves it to {target})")
     return 0
+
+
+def seg_rows(report: dict) -> list[tuple[str, str, str]]:
+    """The rows of the second instrument, EF by LV segmentation (absent without a seg model)."""
+    fs = report["ef_fidelity"].get("by_segmentation")
+    if not fs or "mae" not in fs:
+        return [("EF fidelity by LV segmentation", "not measured (no seg/ model in the weights)", "")]
+    inst = report.get("seg_instrument", {})
+    rows = [("EF fidelity by LV segmentation (generated vs requested)",
+             f"MAE {fs['mae']:.2f}, r {fs['pearson_r']:.3f}, slope {fs['slope']:.2f}", "MAE <= 6, slope 0.85-1.15")]
+    for key, label in (("rendered", "real phantom videos"), ("through_vae", "real phantom videos through the A-VAE")):
+        if "mae" in inst.get(key, {}):
+            rows.append((f"the segmentation instrument itself on {inst['videos']} {label}",
+                         f"MAE {inst[key]['mae']:.2f}, r {inst[key]['pearson_r']:.3f}", ""))
+    rs = report["ef_response"].get("by_segmentation")
+    if rs:
+        rows.append(("EF response by LV segmentation (same image, EF 20/50/80)", f"slope {rs['slope_mean']:.2f}",
+                     "slope 1"))
+    return rows
 
 
 def markdown_table(report: dict) -> str:
@@ -565,6 +622,7 @@ def markdown_table(report: dict) -> str:
          "MAE <= 6, r >= 0.85"),
         ("EF response (same image, EF 20/50/80)", f"slope {r['slope_mean']:.2f}, spread across images "
          f"{r['between_image_std']:.1f}", "slope 1"),
+        *seg_rows(report),
         *((f"EF regressor trained on {label} (mean of {s['regressor_seeds']} seeds)",
            f"MAE {s[arm]['mae']:.2f} (sd {s[arm]['mae_sd']:.2f}), RMSE {s[arm]['rmse']:.2f}, R2 {s[arm]['r2']:.3f}", "")
           for arm, label in (("real", "real"), ("synthetic", "synthetic"),

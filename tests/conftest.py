@@ -117,6 +117,27 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory, reid_tiny_dir: Path) -> 
     return root
 
 
+# ------------------------------------------------------------------------------- the node pack, no ComfyUI
+@pytest.fixture(scope="module")
+def pack():
+    """The pack imported under its private package name, as the headless runner loads it."""
+    import headless
+
+    return headless.load_pack(ROOT)
+
+
+@pytest.fixture(scope="module")
+def M(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def bridge(pack):
+    import headless
+
+    return sys.modules[headless.PACK_NAME + ".nodes.bridge"]
+
+
 @pytest.fixture
 def gen(tiny_root, run_cli, monkeypatch):
     """gen(out, *args, weights=..., env=...) runs `generate-dataset` in-process with 1-step sampling;

@@ -92,12 +92,14 @@ def tiny_eval_root(tiny_root, tmp_path_factory):
 
     from echoflow_models import save_model
     from echoflow_models.efnet import EFRegressor, EFRegressorConfig
+    from echoflow_models.lvseg import LVSegConfig, LVSegNet
 
     root = tmp_path_factory.mktemp("eval") / "weights"
     shutil.copytree(tiny_root, root)
     torch.manual_seed(0)
     save_model(EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 8, 8], norm_groups=4, head_hidden=8)),
                root / "ef" / "tiny")
+    save_model(LVSegNet(LVSegConfig(channels=[8, 8])), root / "seg" / "tiny")
     recipe = {"num_patients": 4, "seed": 0, "views": ["A4C"], "split_fractions": [1.0, 0.0, 0.0]}
     (root / "training_data.json").write_text(json.dumps(recipe))
     return root
@@ -119,6 +121,15 @@ def test_evaluate_command_writes_every_measure(tiny_eval_root, tmp_path, researc
     report = json.loads(out.read_text())
     check_report(report, sizes, 3, tmp_path / "work", table.read_text(), min_psnr=None)
     assert report["privacy"]["train_patients"] == 3 and report["weights"] == str(tiny_eval_root)
+    # the second instrument: every fidelity video read by segmentation (or counted unreadable), and its own
+    # error measured on real phantom videos as rendered and through the A-VAE
+    by_seg = report["ef_fidelity"]["by_segmentation"]
+    assert by_seg["n"] + by_seg["unreadable"] == sizes.fidelity_videos == len(by_seg["table"])
+    assert [row[0] for row in by_seg["table"]] == report["ef_fidelity"]["requested"]
+    for variant in ("rendered", "through_vae"):
+        inst = report["seg_instrument"][variant]
+        assert inst["n"] + inst["unreadable"] == sizes.fidelity_videos
+    assert "LV segmentation" in table.read_text()
     assert printed.strip().startswith(markdown_table(report)) and f"wrote {out}" in printed
 
 

@@ -19,21 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ("A4C", "PSAX", "PLAX")
 
 
-@pytest.fixture(scope="module")
-def pack():
-    return headless.load_pack(ROOT)
-
-
-@pytest.fixture(scope="module")
-def M(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def bridge(pack):
-    return sys.modules[headless.PACK_NAME + ".nodes.bridge"]
-
-
 @pytest.fixture
 def env(tiny_root, tmp_path, monkeypatch, bridge):
     """Model roots = the tiny release-layout weights; outputs in a temp folder."""

@@ -22,3 +22,20 @@ def test_every_template_has_a_real_thumbnail(path):
         assert image.format == "JPEG" and image.size == (384, 256)
         pixels = np.asarray(image.convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # a picture of echo frames, not a blank card
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_template_nodes_do_not_overlap(path):
+    """Every node's box (title bar included) is clear of every other's, so a template opens readable."""
+    import json
+
+    boxes = []
+    for node in json.loads(path.read_text())["nodes"]:
+        (x, y), (w, h) = node["pos"], node["size"]
+        boxes.append((node["id"], x, y - TITLE_HEIGHT, x + w, y + h))
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"

@@ -17,7 +17,8 @@ from echoflow_models.checkpoint import save_model
 from echoflow_models.efnet import EFRegressor, EFRegressorConfig
 from echoflow_models.train import train
 from echoflow_models.train.all import PRESETS
-from echoflow_models.train.data import LatentSet, MaskSource, load_latent_cache, select_records
+from echoflow_models.train.data import LatentSet, MaskSource, select_records
+from echoflow_models.train.latent_cache import load_latent_cache
 from echoflow_models.train.reid import choose_tau
 from echoflow_models.weights import bundled_weights_root
 
@@ -44,7 +45,7 @@ def tiny_vae(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_data, tiny_vae, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("cache")
-    cache, scaling = folder / "latents.pt", folder / "scaling.pt"
+    cache, scaling = folder / "latents", folder / "scaling.pt"
     train("latents", data=str(tiny_data), vae=str(tiny_vae), out=str(cache), scaling_out=str(scaling),
           phantom_masks=True, threads=1, quiet=True)
     return cache, scaling
@@ -82,7 +83,7 @@ def test_latent_cache_has_masks_views_and_scaling(tiny_cache):
     assert int(cache["offsets"][-1]) == cache["mean"].shape[0] == 10 * 8
     assert set(cache["views"].tolist()) == {0, 1}
     train_set = LatentSet(cache, "TRAIN")
-    assert train_set.has_mask.all() and train_set.masks.any()  # phantom masks for every TRAIN frame
+    assert train_set.has_mask[:].all() and train_set.masks[:].any()  # phantom masks for every TRAIN frame
     scaling = torch.load(str(scaling_path), weights_only=True)
     assert scaling["mean"].shape == (4,) and (scaling["std"] > 0).all()
 
@@ -261,6 +262,24 @@ def test_volume_tracings_become_masks(tmp_path, tiny_data):
     assert masks[3].sum() > 1500 and masks[3, 50, 56] and not masks[3, 50, 20] and masks[0].sum() == 0
 
 
+def test_a_cache_of_partly_traced_videos_keeps_the_traced_frames(tmp_path, tiny_data, tiny_vae):
+    """EchoNet-Dynamic traces two frames of each video: the untraced (empty) frames must not stop the cache."""
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("Masks"))
+    rec = select_records(root, "TRAIN")[0]
+    lines = ["FileName,X1,Y1,X2,Y2,Frame", f"{rec.file_name}.avi,56,20,56,90,3"]
+    lines += [f"{rec.file_name}.avi,40,{y},72,{y},3" for y in range(25, 90, 5)]
+    (root / "VolumeTracings.csv").write_text("\n".join(lines) + "\n")
+    train("latents", data=str(root), vae=str(tiny_vae), out=str(tmp_path / "cache"), splits="TRAIN", quiet=True)
+    cache = load_latent_cache(tmp_path / "cache")
+    first = cache["file_names"].index(rec.file_name)
+    start = int(cache["offsets"][first])
+    has = cache["has_mask"][start: start + 8]
+    assert has.tolist() == [False, False, False, True, False, False, False, False]
+    assert cache["masks"][start + 3].any() and not cache["masks"][start: start + 3].any()
+    assert int(cache["has_mask"].sum()) == 1
+
+
 def _train_all_data(tmp_path) -> Path:
     data = tmp_path / "ds"
     train("dataset", out=str(data), patients=5, seed=3, views="A4C,PSAX", frames=8, extra_videos=0,
@@ -274,12 +293,12 @@ def _check_train_all(work: Path, out: Path, info: str, steps_scale: int, dtype: 
     assert lvfm_set["num_patients"] == 5 and lvfm_set["extra_frames"] == 8 and lvfm_set["videos"] == 20
     assert lvfm_set["phase"] == 0.0 and lvfm_set["heart_rate"] == 75.0  # every clip starts at ED, 75 bpm
     assert load_model(out / "lvfm" / "phantom-stdit").config.caption_adaln is True
-    lvfm_cache = torch.load(work / "latents_lvfm.pt")
+    lvfm_cache = load_latent_cache(work / "latents_lvfm")
     assert set(lvfm_cache["splits"]) == {"TRAIN"} and len(lvfm_cache["splits"]) == 3 * 2 * 2
     assert lvfm_cache["has_mask"].any()  # the clips carry LV masks for the LIFM's mask channel
     # the LIFM learned the clips' first frames (end-diastole), the frames the LVFM animates
     lifm_args = json.loads((work / "lifm" / "training" / "args.json").read_text())
-    assert lifm_args["latents"] == str(work / "latents_lvfm.pt") and lifm_args["frames"] == "first"
+    assert lifm_args["latents"] == str(work / "latents_lvfm") and lifm_args["frames"] == "first"
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
     assert info.count("loads strictly") == 5

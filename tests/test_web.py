@@ -86,8 +86,10 @@ def test_readouts_are_an_unserialised_widget_inside_the_node():
 def test_js_readouts_read_what_the_nodes_send():
     """Each readout comes from the ui key its node really sends (names checked against the node sources)."""
     sources = {name: (ROOT / "nodes" / f"{mod}.py").read_text() for name, mod in
-               [("gate", "privacy"), ("gate_tau", "loaders"), ("ef", "outputs"), ("video", "outputs")]}
-    keys = {"gate": "echoflow_gate", "gate_tau": "echoflow_gate_tau", "ef": "echoflow_ef", "video": "echoflow_video"}
+               [("gate", "privacy"), ("gate_tau", "loaders"), ("ef", "analysis"), ("ef_seg", "analysis"),
+                ("lv", "analysis"), ("video", "outputs")]}
+    keys = {"gate": "echoflow_gate", "gate_tau": "echoflow_gate_tau", "ef": "echoflow_ef", "ef_seg": "echoflow_ef_seg",
+            "lv": "echoflow_lv", "video": "echoflow_video"}
     for kind, key in keys.items():
         assert f'"{key}"' in sources[kind], (kind, key)
     script = (
@@ -101,7 +103,7 @@ def test_js_readouts_read_what_the_nodes_send():
     assert r.returncode == 0, r.stderr
     kinds, tau, none = json.loads(r.stdout)
     assert sorted(kinds) == ["EchoFlowAnimate", "EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
-                             "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo"]
+                             "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo", "EchoFlowSegmentLV"]
     # every node with a readout sends the ui key its readout reads
     M = importlib.import_module("headless").load_pack(ROOT).NODE_CLASS_MAPPINGS
     assert set(kinds) <= set(M)

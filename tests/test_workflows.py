@@ -22,7 +22,7 @@ LINK_ONLY = "link"
 # Tiny checkpoints (tests/fixtures) in place of the bundled demo weights, and 2 solver steps.
 TINY = ["*.steps=2", "EchoFlowLoadVAE.vae_name=vae/tiny", "EchoFlowLoadImageFlow.model_name=lifm/tiny",
         "EchoFlowLoadVideoFlow.model_name=lvfm/tiny", "EchoFlowLoadPrivacyGate.reid_name=reid/tiny",
-        "EchoFlowLoadEFRegressor.model_name=ef/tiny"]
+        "EchoFlowLoadEFRegressor.model_name=ef/tiny", "EchoFlowLoadLVSegmentation.model_name=seg/tiny"]
 
 
 def save_tiny_ef(root: Path) -> Path:
@@ -42,8 +42,14 @@ def info():
 
 @pytest.fixture(scope="module")
 def ef_root(tmp_path_factory):
+    """The tiny EF regressor and a tiny (untrained) LV segmentation network, seg/tiny."""
+    from echoflow_models import save_model
+    from echoflow_models.lvseg import LVSegConfig, LVSegNet
+
     root = tmp_path_factory.mktemp("ef_weights")
     save_tiny_ef(root)
+    torch.manual_seed(0)
+    save_model(LVSegNet(LVSegConfig(channels=[8, 8])), root / "seg" / "tiny")
     return root
 
 
@@ -213,14 +219,41 @@ def test_api_workflow_runs_in_process(path, tiny_env, tmp_path):
         assert frames.shape[0] == 8
         if "sweep" in path.stem:
             assert frames.shape[2] == 3 * 112 + 2 * 4  # three EFs side by side
-            checks = [out["text"][0] for out in ui.values() if "echoflow_ef" in out]
-            assert len(checks) == 3 and all("target" in c for c in checks)
+            checks = [out for out in ui.values() if "echoflow_ef" in out]
+            assert len(checks) == 3 and all("target" in c["text"][0] for c in checks)
+            # both instruments side by side, and each video's LV contour previewed
+            assert all(len(c["echoflow_ef_seg"]) == 1 and "| segmentation " in c["text"][0] for c in checks)
+            contours = [out for out in ui.values() if "echoflow_lv" in out]
+            assert len(contours) == 3 and all(out["animated"] == [True] for out in contours)
+
+
+def test_a_ui_workflow_saved_before_estimate_ef_had_a_method_runs_as_before(info, tiny_env, tmp_path):
+    """Estimate EF gained optional widgets (method, volume_method, fps): a workflow saved without them converts
+    with their defaults (the regressor alone, as it always ran); a required widget value missing is still an error."""
+    wf = json.loads((ROOT / "workflows" / "echoflow_ef_sweep.json").read_text())
+    for node in wf["nodes"]:
+        if node["type"] == "EchoFlowEstimateEF":
+            node["widgets_values"] = []
+            node["inputs"] = [i for i in node["inputs"] if i["name"] != "seg_model"]
+    prompt = headless.ui_to_api(wf, info)
+    checks = [k for k, v in prompt.items() if v["class_type"] == "EchoFlowEstimateEF"]
+    assert len(checks) == 3 and all("method" not in prompt[k]["inputs"] for k in checks)
+    prompt = {k: v for k, v in tiny_prompt(prompt).items() if v["class_type"] != "EchoFlowSegmentLV"}
+    ui = headless.run_prompt(prompt, output_dir=tmp_path, log=None)
+    reports = [ui[k]["text"][0] for k in checks]
+    assert all(r.startswith("video 0: EF ") and "segmentation" not in r for r in reports)
+    assert all("echoflow_ef_seg" not in ui[k] for k in checks)
+    loader = next(n for n in wf["nodes"] if n["type"] == "EchoFlowLoadLVSegmentation")
+    loader["widgets_values"] = ["demo"]
+    with pytest.raises(headless.WorkflowError, match="1 widget values but the node has 2"):
+        headless.ui_to_api(wf, info)
 
 
 def test_run_accepts_ui_workflows_and_sets(tiny_env, tmp_path, run_cli):
     out = tmp_path / "o"
     code, _, err = run_cli(["run", ROOT / "workflows" / "echoflow_full_pipeline.json", "--out", out, "--quiet",
-                            *[a for s in TINY if "EFRegressor" not in s for a in ("--set", s)],
+                            *[a for s in TINY if "EFRegressor" not in s and "LVSegmentation" not in s
+                              for a in ("--set", s)],
                             "--set", "EchoFlowSaveVideo.filename_prefix=cli/run"], main=headless.main)
     assert code == 0, err
     assert (out / "cli" / "run_00001_.mp4").is_file()
@@ -283,8 +316,13 @@ def test_api_workflow_runs_on_the_bundled_demo_weights(path, tmp_path, monkeypat
 
     if not bundled_weights_root().is_dir():
         pytest.skip("bundled demo weights (echoflow_models/weights/phantom) are not installed")
+    prompt = json.loads(path.read_text())
+    if any(n["class_type"] == "EchoFlowLoadLVSegmentation" for n in prompt.values()) \
+            and not (bundled_weights_root() / "seg").is_dir():
+        pytest.skip("the workflow reads EF by LV segmentation, and the bundled seg model "
+                    "(echoflow_models/weights/phantom/seg/phantom-unet) is not there yet")
     monkeypatch.delenv("ECHOFLOW_MODEL_PATH", raising=False)
-    prompt = headless.apply_overrides(json.loads(path.read_text()), ["*.steps=4"])
+    prompt = headless.apply_overrides(prompt, ["*.steps=4"])
     ui = headless.run_prompt(prompt, output_dir=tmp_path, log=None)
     assert ui
     saved = [f for out in ui.values() for v in out.get("echoflow_video", []) for f in v["files"]]

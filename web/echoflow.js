@@ -2,7 +2,8 @@
 //  - EchoFlow Animate: an EF badge with the clinical category of the chosen EF, live as the widget changes.
 //  - EchoFlow Load Privacy Gate: the tau it uses (calibrated, stricter, or LOOSER in red) after a run.
 //  - EchoFlow Privacy Gate: the verdict (passed/total, tau) and each item's max similarity after a run.
-//  - EchoFlow Estimate EF / Save Video: the estimates / saved files after a run.
+//  - EchoFlow Estimate EF / Segment LV / Save Video: the estimates (both instruments side by side when both ran),
+//    the LV measurements / saved files after a run.
 // The readouts sit INSIDE their node, in a read-only canvas widget added after the node's own widgets (the node
 // grows to fit), so they never draw over a neighbour. The widget is not serialised (serialize: false, and
 // options.serialize: false for the prompt), so widgets_values and the prompt keep their positional layout; the

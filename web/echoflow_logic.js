@@ -93,6 +93,45 @@ export function efEstimateLines(values, target) {
   return lines;
 }
 
+/** One EF for a readout line: "45.1%", or "no LV" for a video where segmentation found none (null). */
+function efText(v) {
+  return v === null || v === undefined || !Number.isFinite(Number(v)) ? "no LV" : `${Number(v).toFixed(1)}%`;
+}
+
+/**
+ * Lines for EchoFlow Estimate EF with EF by segmentation: ui.echoflow_ef_seg (percent, null where no LV was
+ * found), beside the regressor's ui.echoflow_ef when both ran.
+ */
+export function efBothLines(regressor, segmentation, target) {
+  if (!Array.isArray(segmentation) || segmentation.length === 0) return efEstimateLines(regressor, target);
+  const hasTarget = target !== undefined && target !== null && Number.isFinite(Number(target));
+  const err = (v) => (hasTarget && v !== null && Number.isFinite(Number(v))
+    ? ` (error ${Math.abs(Number(v) - Number(target)).toFixed(1)})` : "");
+  return segmentation.map((s, i) => {
+    const parts = [];
+    if (Array.isArray(regressor) && i < regressor.length) parts.push(`regressor ${efText(regressor[i])}${err(regressor[i])}`);
+    parts.push(`LV seg ${efText(s)}${err(s)}`);
+    return `video ${i}: ${parts.join(" · ")}`;
+  });
+}
+
+/** Lines for EchoFlow Segment LV from ui.echoflow_lv (one summary per video). */
+export function lvLines(summaries) {
+  if (!Array.isArray(summaries)) return [];
+  return summaries.map((m, i) => {
+    if (!m || m.ef === null || m.ef === undefined) return `video ${i}: no LV cavity found`;
+    const unit = m.view === "PSAX" ? "" : " mL";
+    let line = `video ${i}: EF ${efText(m.ef)} (${efCategory(m.ef).label})`;
+    if (Number.isFinite(Number(m.edv)) && Number.isFinite(Number(m.esv))) {
+      line += ` · EDV ${Number(m.edv).toFixed(0)}${unit} ESV ${Number(m.esv).toFixed(0)}${unit}`;
+    }
+    if (m.target !== null && m.target !== undefined && Number.isFinite(Number(m.target))) {
+      line += ` · error ${Math.abs(Number(m.ef) - Number(m.target)).toFixed(1)}`;
+    }
+    return line;
+  });
+}
+
 /** Lines for EchoFlow Save Video from ui.echoflow_video. */
 export function savedVideoLines(info) {
   if (!info || !Array.isArray(info.files)) return [];
@@ -120,6 +159,7 @@ export const READOUT_KINDS = {
   EchoFlowPrivacyGate: "gate",
   EchoFlowLoadPrivacyGate: "gate_tau",
   EchoFlowEstimateEF: "ef",
+  EchoFlowSegmentLV: "lv",
   EchoFlowSaveVideo: "video",
   EchoFlowAnimate: "animate",
   EchoFlowSaveEchoNetDataset: "text",
@@ -142,9 +182,14 @@ export function readoutFromMessage(kind, message) {
     return { lines: [line.text], color: line.color };
   }
   if (kind === "ef") {
-    if (!Array.isArray(message.echoflow_ef)) return null;
-    const lines = efEstimateLines(message.echoflow_ef, message.echoflow_ef_target?.[0]);
+    if (!Array.isArray(message.echoflow_ef) && !Array.isArray(message.echoflow_ef_seg)) return null;
+    const lines = efBothLines(message.echoflow_ef, message.echoflow_ef_seg, message.echoflow_ef_target?.[0]);
     return { lines: lines.length ? lines : ["no EF estimate"], color: null };
+  }
+  if (kind === "lv") {
+    if (!Array.isArray(message.echoflow_lv)) return null;
+    const lines = lvLines(message.echoflow_lv);
+    return { lines: lines.length ? lines : ["no video segmented"], color: null };
   }
   if (kind === "animate") {  // the EF and the guidance actually used (-1 resolves to the model's own value)
     if (!Array.isArray(message.ef) || !Array.isArray(message.guidance)) return null;

@@ -2,15 +2,19 @@
 
     echoflow train dataset --out DS --patients 100                       phantom data (EchoNet layout)
     echoflow train vae     --data DS --out runs/vae                      A-VAE (L1 + KL + PatchGAN hinge)
-    echoflow train latents --data DS --vae runs/vae --out runs/latents.pt --scaling-out runs/scaling.pt
-    echoflow train lifm    --latents runs/latents.pt --scaling runs/scaling.pt --out runs/lifm
-    echoflow train reid    --latents runs/latents.pt --scaling runs/scaling.pt --out runs/reid
-    echoflow train lvfm    --latents runs/latents.pt --scaling runs/scaling.pt --out runs/lvfm
+    echoflow train latents --data DS --vae runs/vae --out runs/latents --scaling-out runs/scaling.pt
+    echoflow train lifm    --latents runs/latents --scaling runs/scaling.pt --out runs/lifm
+    echoflow train reid    --latents runs/latents --scaling runs/scaling.pt --out runs/reid
+    echoflow train lvfm    --latents runs/latents --scaling runs/scaling.pt --out runs/lvfm
     echoflow train ef      --data DS --out runs/ef                       EF regressor (evaluation)
+    echoflow train seg     --data DS --vae runs/vae --out runs/seg       LV segmentation (EF by segmentation)
     echoflow train all     --data DS --work runs --out my-weights       all of it + a weights root
 
 From Python: `echoflow_models.train.train("lifm", latents=..., out=..., steps=100)` runs one stage with
 the command's defaults and returns its summary dict.
+
+Data-parallel (every stage but dataset and all): `torchrun --nproc-per-node N -m echoflow_models train STAGE ...`
+(one process per GPU, NCCL; gloo on CPUs); `--global-batch G` keeps G samples per step on fewer GPUs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ STAGE_MODULES = {
     "reid": ("reid", "train the ReID privacy network; build the anatomy bank; calibrate tau"),
     "lvfm": ("lvfm", "train the latent video flow (STDiT) on a latent cache"),
     "ef": ("ef", "train the 3-D CNN EF regressor on pixel videos"),
+    "seg": ("seg", "train the LV segmentation network (EF by segmentation) on traced frames"),
     "all": ("all", "train every network in order and export a weights root in the released layout"),
 }
 
@@ -40,8 +45,13 @@ def train(stage: str, **options) -> dict:
 
     if stage not in STAGE_MODULES:
         raise ValueError(f"unknown training stage {stage!r}; choose one of {', '.join(STAGE_MODULES)}")
+    from .distributed import shutdown_distributed
+
     module = _module(stage)
-    return module.run(namespace_for(module.add_args, **options))
+    try:
+        return module.run(namespace_for(module.add_args, **options))
+    finally:
+        shutdown_distributed()
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -52,14 +62,19 @@ def _cmd(args: argparse.Namespace) -> int:
         # Python (`train(...)`) threads stay None and torch's global setting is left alone.
         args.threads = max(1, physical_cores() // max(1, int(getattr(args, "jobs", 1) or 1)))
     check_count(args.threads, "--threads", 1, 1024)
+    from .distributed import shutdown_distributed
+
     module = _module(args.train_stage)
-    module.run(args)
+    try:
+        module.run(args)
+    finally:
+        shutdown_distributed()
     return 0
 
 
 def add_subcommands(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train the networks on an EchoNet-Dynamic layout folder (dataset|vae|latents|lifm|reid|lvfm|ef|all)",
+        "train", help="train the networks on an EchoNet-Dynamic layout folder (dataset|vae|latents|lifm|reid|lvfm|ef|seg|all)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stages = parser.add_subparsers(dest="train_stage", required=True, metavar="STAGE")

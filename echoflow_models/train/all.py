@@ -36,6 +36,8 @@ from ..progress import format_seconds
 from ..reid import DEFAULT_TAU
 from .common import namespace_for
 from .dataset import RECIPE_NAME, read_recipe
+from .distributed import launched_world
+from .latent_cache import is_finished_cache
 
 # Per-stage settings. "phantom" is what the bundled demo weights are trained with: fixed step counts (so
 # the result does not depend on how busy the machine is), with --max-minutes only as a safety cap.
@@ -203,14 +205,18 @@ def _last_log(folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if launched_world().distributed:
+        raise SystemExit("error: train all runs in one process; under torchrun run the stages one at a time "
+                         "(`torchrun ... -m echoflow_models train vae|latents|lifm|reid|lvfm|ef`, see the README's "
+                         "\"Training on EchoNet-Dynamic\")")
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     preset = {k: dict(v) for k, v in PRESETS[args.preset].items()}
     for stage, opts in _parse_sets(args.set).items():
         preset.setdefault(stage, {}).update(opts)
     only = set(args.only.split(",")) if args.only else set(STAGES) | {"masks"}
-    scaling, cache = work / "scaling.pt", work / "latents.pt"
-    lvfm_data, lvfm_cache = work / "lvfm_data", work / "latents_lvfm.pt"
+    scaling, cache = work / "scaling.pt", work / "latents"
+    lvfm_data, lvfm_cache = work / "lvfm_data", work / "latents_lvfm"
     want_masks = args.phantom_masks if args.phantom_masks is not None else _is_phantom(data)
     parallel = args.jobs > 1
     quiet_stage = args.quiet or parallel  # parallel stages would interleave their progress bars
@@ -244,13 +250,13 @@ def run(args: argparse.Namespace) -> dict:
                 return None
             return lvfm_render
         if stage == "lvfm_latents":
-            if lvfm_render is None or lvfm_cache.is_file() or not only & (clip_users | {stage}):
+            if lvfm_render is None or is_finished_cache(lvfm_cache) or not only & (clip_users | {stage}):
                 return None
             # masks too: a LIFM learning the clips' first frames (`lifm.frames` "first") keeps its mask channel
             return encode_options(lvfm_data, lvfm_cache, splits=preset.get("lvfm", {}).get("splits", "TRAIN"),
                                   phantom_masks=want_masks)
         if stage == "latents":
-            if cache.is_file() and scaling.is_file():
+            if is_finished_cache(cache) and scaling.is_file():
                 return None
             return encode_options(data, cache, scaling_out=str(scaling))
         finished = _stage_done(folder)

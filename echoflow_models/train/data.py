@@ -8,9 +8,10 @@
     ``has_mask`` bool ``[T]`` marking which frames carry a mask; see :func:`write_phantom_masks`), or
   - EchoNet-Dynamic's ``VolumeTracings.csv`` (the traced ED/ES frames only: long axis + chords -> polygon).
   Frames without a mask train the LIFM with an all-zero mask, which is also what mask dropout feeds.
-* The latent cache (:func:`build_latent_cache`) holds each video's VAE posterior means (and optionally
-  stds) in float16 with per-video metadata, so the LIFM, LVFM and ReID never run the VAE encoder while
-  training. ``scaling.pt`` is fitted on the TRAIN split's latents (:func:`fit_scaling`).
+* The latent cache (`echoflow_models.train.latent_cache`: a folder of shards, read lazily) holds each
+  video's VAE posterior means (and optionally stds) in float16 with per-video metadata, so the LIFM, LVFM
+  and ReID never run the VAE encoder while training. :class:`LatentSet` reads only the frames a batch
+  needs. ``scaling.pt`` is fitted on the TRAIN split's latents (:func:`fit_scaling`, in chunks).
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ import torch.nn.functional as F
 
 from ..conventions import IMAGE_SIZE, VIEWS
 from ..echonet import EchoNetRecord, phantom_video_draw, read_filelist
-from ..pipeline import preprocess_mask
 from ..scaling import LatentScaler
 from ..vae import AutoencoderKL, frames_to_model_range
 from ..video_io import read_video
 
 TARGET_FPS = 32.0
-CACHE_FORMAT = "echoflow-latents-v1"
 MASKS_DIR = "Masks"
 
 Progress = Callable[[int, int], None]
@@ -264,73 +263,33 @@ def encode_frames(vae: AutoencoderKL, frames: torch.Tensor, device: torch.device
     return torch.cat(means), (torch.cat(stds) if with_std else None)
 
 
-def build_latent_cache(vae: AutoencoderKL, root: str | os.PathLike, out_file: str | os.PathLike,
-                       splits=("TRAIN", "VAL", "TEST"), device: str | torch.device = "cpu",
-                       with_std: bool = False, max_videos: int | None = None, chunk: int = 32,
-                       progress: Progress | None = None, bf16: bool = False) -> dict:
-    """Encode every video of `splits` once; write a `.pt` cache (plain tensors, lists and strings only)."""
-    device = torch.device(device)
-    vae = vae.to(device).eval()
-    records = select_records(root, splits, max_videos)
-    masks = MaskSource(root)
-    means, stds, mask_parts, has_parts, lengths = [], [], [], [], []
-    latent_size = None
-    for i, rec in enumerate(records):
-        frames = load_frames(root, rec)
-        mean, std = encode_frames(vae, frames, device, chunk, with_std, bf16)
-        latent_size = mean.shape[-1]
-        means.append(mean.half())
-        if with_std:
-            stds.append(std.half())
-        found = masks.masks(rec, frames.shape[0])
-        if found is None:
-            mask_parts.append(torch.zeros(frames.shape[0], latent_size, latent_size, dtype=torch.bool))
-            has_parts.append(torch.zeros(frames.shape[0], dtype=torch.bool))
-        else:
-            m, has = found
-            small = preprocess_mask(m.float(), latent_size)[:, 0] > 0.5
-            mask_parts.append(small & has[:, None, None])
-            has_parts.append(has)
-        lengths.append(frames.shape[0])
-        if progress is not None:
-            progress(i + 1, len(records))
-    offsets = torch.zeros(len(records) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor(lengths).cumsum(0)
-    cache = {
-        "format": CACHE_FORMAT,
-        "vae": str(getattr(vae, "source_folder", "")),
-        "file_names": [r.file_name for r in records],
-        "splits": [r.split for r in records],
-        "identities": [record_identity(r) for r in records],
-        "views": torch.tensor([VIEWS.index(record_view(r)) for r in records], dtype=torch.long),
-        "ef": torch.tensor([r.ef for r in records], dtype=torch.float32),
-        "fps": torch.tensor([r.fps or TARGET_FPS for r in records], dtype=torch.float32),
-        "offsets": offsets,
-        "mean": torch.cat(means),
-        "std": torch.cat(stds) if with_std else None,
-        "masks": torch.cat(mask_parts),
-        "has_mask": torch.cat(has_parts),
-    }
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_suffix(".tmp")
-    torch.save(cache, str(tmp))
-    os.replace(tmp, out_file)
-    return cache
+SCALING_CHUNK_FRAMES = 4096  # frames read at once while fitting scaling.pt (about 100 MB in float64)
 
 
-def load_latent_cache(path: str | os.PathLike) -> dict:
-    cache = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: not an EchoFlow latent cache ({CACHE_FORMAT}); build it with "
-                         "`echoflow train latents`")
-    return cache
-
-
-def fit_scaling(cache: dict, splits=("TRAIN",)) -> LatentScaler:
-    """Per-channel mean/std of the posterior means of the videos in `splits` (the released scaling.pt)."""
+def fit_scaling(cache, splits=("TRAIN",), chunk_frames: int = SCALING_CHUNK_FRAMES) -> LatentScaler:
+    """Per-channel mean/std (unbiased) of the posterior means of the videos in `splits` (the released
+    scaling.pt), read `chunk_frames` frames at a time and combined exactly (Chan et al.'s pairwise update);
+    a cache of one chunk gives `LatentScaler.fit` of all its latents."""
     lat = LatentSet(cache, splits)
-    return LatentScaler.fit(lat.mean.float())
+    parts = torch.arange(lat.num_frames).split(chunk_frames)
+    if len(parts) == 1:
+        return LatentScaler.fit(lat.mean[parts[0]].float())
+    count, mean, m2 = 0, None, None
+    for part in parts:
+        z = lat.mean[part].double()
+        per_channel = z.transpose(0, 1).reshape(z.shape[1], -1)
+        n = per_channel.shape[1]
+        part_mean = per_channel.mean(1)
+        part_m2 = (per_channel - part_mean[:, None]).pow(2).sum(1)
+        if mean is None:
+            count, mean, m2 = n, part_mean, part_m2
+            continue
+        delta = part_mean - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + part_m2 + delta.pow(2) * (count * n / total)
+        count = total
+    return LatentScaler(mean, (m2 / (count - 1)).sqrt().clamp_min(1e-6))
 
 
 # Which latent frame conditions a training clip (see LatentSet.sample_clips).
@@ -360,45 +319,78 @@ class Clip:
     valid: torch.Tensor  # [B, T] bool (False on zero-padded frames)
 
 
+class SplitFrames:
+    """A per-frame array of a cache (a tensor or a lazy `FrameStore`) seen through a subset of its videos:
+    frame i of the subset is read from the cache only when indexed."""
+
+    def __init__(self, store, subset: LatentSet):
+        self.store = store
+        self.subset = subset
+        self.shape = (subset.num_frames, *store.shape[1:])
+        self.dtype = store.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = torch.arange(self.shape[0])[idx]
+        return self.store[self.subset.cache_frame(torch.as_tensor(idx, dtype=torch.long))]
+
+
 class LatentSet:
     """The videos of some splits of a latent cache, with samplers for the LIFM, ReID and LVFM trainers.
 
-    Latents are returned *scaled* when a scaler is given (the generative models' space)."""
+    The cache is a `LatentCache` folder (read lazily: only the frames a batch draws are read, so memory does
+    not grow with the cache) or an in-memory dict of the same keys. Latents are returned *scaled* when a
+    scaler is given (the generative models' space)."""
 
-    def __init__(self, cache: dict, splits=("TRAIN",), scaler: LatentScaler | None = None,
+    def __init__(self, cache, splits=("TRAIN",), scaler: LatentScaler | None = None,
                  sample_latents: bool = False):
         wanted = parse_splits(splits)
         keep = [i for i, s in enumerate(cache["splits"]) if wanted is None or s in wanted]
         if not keep:
             raise ValueError(f"the latent cache has no videos in split(s) {splits}")
         off = cache["offsets"]
+        keep_t = torch.tensor(keep, dtype=torch.long)
         self.scaler = scaler
         self.sample_latents = sample_latents and cache.get("std") is not None
-        idx = torch.cat([torch.arange(int(off[i]), int(off[i + 1])) for i in keep])
-        self.mean = cache["mean"][idx]
-        self.std = cache["std"][idx] if self.sample_latents else None
-        self.masks = cache["masks"][idx]
-        self.has_mask = cache["has_mask"][idx]
-        lengths = torch.tensor([int(off[i + 1] - off[i]) for i in keep])
+        lengths = off[keep_t + 1] - off[keep_t]
         self.lengths = lengths
         self.offsets = torch.zeros(len(keep) + 1, dtype=torch.long)
         self.offsets[1:] = lengths.cumsum(0)
-        self.views = cache["views"][keep]
-        self.ef = cache["ef"][keep]
-        self.fps = cache["fps"][keep]
+        self.cache_offsets = off[keep_t]  # where each video's frames start in the cache
+        self.mean = SplitFrames(cache["mean"], self)
+        self.std = SplitFrames(cache["std"], self) if self.sample_latents else None
+        self.masks = SplitFrames(cache["masks"], self)
+        self.has_mask = SplitFrames(cache["has_mask"], self)
+        self.views = cache["views"][keep_t]
+        self.ef = cache["ef"][keep_t]
+        self.fps = cache["fps"][keep_t]
         self.file_names = [cache["file_names"][i] for i in keep]
         self.identities = [cache["identities"][i] for i in keep]
         ids = sorted(set(self.identities))
-        self.identity_index = torch.tensor([ids.index(x) for x in self.identities], dtype=torch.long)
+        position = {x: i for i, x in enumerate(ids)}
+        self.identity_index = torch.tensor([position[x] for x in self.identities], dtype=torch.long)
         self.num_identities = len(ids)
-        self.video_of_frame = torch.repeat_interleave(torch.arange(len(keep)), lengths)
-
-    def __len__(self) -> int:
-        return len(self.file_names)
 
     @property
     def num_frames(self) -> int:
-        return int(self.mean.shape[0])
+        return int(self.offsets[-1])
+
+    def video_of(self, frame_idx: torch.Tensor) -> torch.Tensor:
+        """The video (index in this set) of each of this set's frame indices."""
+        return torch.searchsorted(self.offsets, frame_idx, right=True) - 1
+
+    def cache_frame(self, frame_idx: torch.Tensor) -> torch.Tensor:
+        """This set's frame indices -> the cache's frame indices."""
+        if len(frame_idx.reshape(-1)) and (int(frame_idx.min()) < 0 or int(frame_idx.max()) >= self.num_frames):
+            raise IndexError(f"frame index out of range for {self.num_frames} frames")
+        video = self.video_of(frame_idx)
+        return self.cache_offsets[video] + (frame_idx - self.offsets[video])
+
+    def __len__(self) -> int:
+        return len(self.file_names)
 
     def _latent(self, frame_idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         z = self.mean[frame_idx].float()
@@ -423,7 +415,7 @@ class LatentSet:
             idx = torch.randint(self.num_frames, (batch,), generator=gen)
         else:
             raise ValueError(f"sample_images: frames must be one of {IMAGE_FRAMES}, got {frames!r}")
-        views = self.views[self.video_of_frame[idx]]
+        views = self.views[self.video_of(idx)]
         return self.frames(idx, gen), views, self.masks[idx][:, None].float(), self.has_mask[idx]
 
     # -- ReID --------------------------------------------------------------------------------------
@@ -525,15 +517,3 @@ class LatentSet:
         if noise_cond > 0:
             cond = cond + noise_cond * shared_randn(cond.shape, gen, 2 if ef_pairs else 1)
         return Clip(torch.stack(videos), cond, self.ef[vids] / 100.0, torch.stack(valid))
-
-
-def cache_summary(cache: dict) -> str:
-    n = len(cache["file_names"])
-    frames = int(cache["offsets"][-1])
-    by_split = defaultdict(int)
-    for s in cache["splits"]:
-        by_split[s] += 1
-    masks = int(cache["has_mask"].sum())
-    shape = list(cache["mean"].shape[1:])
-    parts = ", ".join(f"{k} {v}" for k, v in sorted(by_split.items()))
-    return f"{n} videos ({parts}), {frames} frames of latents {shape}, {masks} frames with LV masks"

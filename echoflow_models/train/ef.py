@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..efnet import EFRegressor, EFRegressorConfig
-from .common import Run, add_common_args, clip_and_step
+from .common import Run, add_common_args
 from .data import TARGET_FPS, load_frames, select_records
 
 
@@ -215,23 +215,25 @@ def run(args: argparse.Namespace) -> dict:
     run_.track({"model": model}, {"opt": opt})
     device = run_.device
     for _ in run_.steps():
-        idx = torch.randint(len(x), (args.batch_size,), generator=run_.gen)
-        xb = x[idx].float()
-        if crop:
-            xb = random_time_windows(xb, cfg.frames, (scale[0] * args.clip_frames, scale[1] * args.clip_frames),
-                                     run_.gen, valid[idx])
-        if args.rotate or args.zoom or args.shift:
-            xb = random_affine(xb, run_.gen, args.rotate, args.zoom, args.shift)
-        xb = augment(xb, run_.gen).to(device)
-        target = ef[idx].to(device)
-        with run_.autocast():
-            pred = model.forward_prepared(xb)
-        loss = F.smooth_l1_loss((pred.float() - target) / cfg.ef_scale, torch.zeros_like(target), beta=0.1)
-        gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
-        run_.log(loss=loss, mae=(pred.detach().float() - target).abs().mean(), gnorm=gnorm)
+        for gen in run_.micro_batches():
+            idx = torch.randint(len(x), (args.batch_size,), generator=gen)
+            xb = x[idx].float()
+            if crop:
+                xb = random_time_windows(xb, cfg.frames, (scale[0] * args.clip_frames, scale[1] * args.clip_frames),
+                                         gen, valid[idx])
+            if args.rotate or args.zoom or args.shift:
+                xb = random_affine(xb, gen, args.rotate, args.zoom, args.shift)
+            xb = augment(xb, gen).to(device)
+            target = ef[idx].to(device)
+            with run_.autocast():
+                pred = model.forward_prepared(xb)
+            loss = F.smooth_l1_loss((pred.float() - target) / cfg.ef_scale, torch.zeros_like(target), beta=0.1)
+            run_.backward(loss)
+        gnorm = run_.step_optimizer(opt, model.parameters())
+        run_.log(loss=run_.step_mean(), mae=(pred.detach().float() - target).abs().mean(), gnorm=gnorm)
 
     summary = {}
-    if args.eval_split:
+    if args.eval_split and run_.is_main:
         try:
             metrics = evaluate_ef(run_.export_model(), args.eval_data or args.data, args.eval_split,
                                   args.clip_frames, args.fps, device)

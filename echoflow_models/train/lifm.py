@@ -16,7 +16,7 @@ import torch
 
 from ..lifm import SegDiTConfig, SegDiTTransformer2DModel
 from ..sampling import flow_matching_loss
-from .common import add_common_args, clip_and_step
+from .common import add_common_args
 from .data import IMAGE_FRAMES
 from .scaling_io import start_flow_stage
 
@@ -24,7 +24,7 @@ from .scaling_io import start_flow_stage
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser, steps=3000, batch_size=32, lr=3e-4, warmup=100, ema=0.999, data_required=False)
     g = parser.add_argument_group("LIFM")
-    g.add_argument("--latents", required=True, help="latent cache (.pt) from `echoflow train latents`")
+    g.add_argument("--latents", required=True, help="latent cache folder from `echoflow train latents`")
     g.add_argument("--scaling", default=None,
                    help="scaling.pt (default: fitted on the cache's TRAIN latents and written to OUT/scaling.pt)")
     g.add_argument("--hidden", type=int, default=128, help="transformer width (heads x head dim)")
@@ -79,17 +79,19 @@ def run(args: argparse.Namespace) -> dict:
     device = run_.device
     null = model.num_classes
     for _ in run_.steps():
-        z0, views, masks, has_mask = data.sample_images(args.batch_size, run_.gen, args.frames)
-        drop_view = torch.rand(len(views), generator=run_.gen) < args.p_drop_view
-        drop_mask = (torch.rand(len(views), generator=run_.gen) < args.p_drop_mask) | ~has_mask
-        views = torch.where(drop_view, torch.full_like(views, null), views)
-        masks = masks * (~drop_mask).float()[:, None, None, None]
-        z0, views, masks = z0.to(device), views.to(device), masks.to(device)
-        noise = torch.randn(z0.shape, generator=run_.gen).to(device)
-        t = sample_t(len(z0), args.t_sampling, run_.gen).to(device)
-        with run_.autocast():
-            loss = flow_matching_loss(partial(model, view=views, mask=masks), z0, sigma_min=args.sigma_min,
-                                      noise=noise, t=t)
-        gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
-        run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
+        for gen in run_.micro_batches():
+            z0, views, masks, has_mask = data.sample_images(args.batch_size, gen, args.frames)
+            drop_view = torch.rand(len(views), generator=gen) < args.p_drop_view
+            drop_mask = (torch.rand(len(views), generator=gen) < args.p_drop_mask) | ~has_mask
+            views = torch.where(drop_view, torch.full_like(views, null), views)
+            masks = masks * (~drop_mask).float()[:, None, None, None]
+            z0, views, masks = z0.to(device), views.to(device), masks.to(device)
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = sample_t(len(z0), args.t_sampling, gen).to(device)
+            with run_.autocast():
+                loss = flow_matching_loss(partial(model, view=views, mask=masks), z0, sigma_min=args.sigma_min,
+                                          noise=noise, t=t)
+            run_.backward(loss)
+        gnorm = run_.step_optimizer(opt, model.parameters())
+        run_.log(loss=run_.step_mean(), gnorm=gnorm, lr=opt.param_groups[0]["lr"])
     return run_.finish()

@@ -22,7 +22,7 @@ import torch
 
 from ..lvfm import DiffuserSTDiT, STDiTConfig
 from ..sampling import flow_matching_pair
-from .common import add_common_args, clip_and_step
+from .common import add_common_args
 from .data import COND_FRAMES, TARGET_FPS, shared_randn
 from .lifm import sample_t
 from .scaling_io import start_flow_stage
@@ -31,7 +31,7 @@ from .scaling_io import start_flow_stage
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser, steps=3000, batch_size=4, lr=3e-4, warmup=100, ema=0.999, data_required=False)
     g = parser.add_argument_group("LVFM")
-    g.add_argument("--latents", required=True, help="latent cache (.pt) from `echoflow train latents`")
+    g.add_argument("--latents", required=True, help="latent cache folder from `echoflow train latents`")
     g.add_argument("--scaling", default=None, help="scaling.pt (default: fitted on the cache's TRAIN latents)")
     g.add_argument("--frames", type=int, default=64, help="video length in frames (input_size T)")
     g.add_argument("--train-frames", type=int, default=None,
@@ -131,15 +131,17 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --ef-pairs needs an even --batch-size, got {args.batch_size}")
     share = 2 if args.ef_pairs else 1  # the clips of a pair share flow time and noise
     for _ in run_.steps():
-        clip = data.sample_clips(args.batch_size, frames, run_.gen, args.fps, args.noise_cond,
-                                 args.cond_frame, args.ef_pairs)
-        b = clip.video.shape[0]
-        drop_cond = torch.rand(b, generator=run_.gen) < args.p_drop_cond
-        drop_ef = (torch.rand(b, generator=run_.gen) < args.p_drop_ef).to(device)
-        cond = clip.cond * (~drop_cond).float()[:, None, None, None]
-        loss = masked_flow_loss(model, clip.video.to(device), cond.to(device), clip.ef.to(device), drop_ef,
-                                clip.valid.to(device), run_.gen, args.sigma_min, device, run_.autocast(),
-                                args.t_sampling, args.temporal_weight, share)
-        gnorm = clip_and_step(loss, opt, model.parameters(), args.grad_clip)
-        run_.log(loss=loss, gnorm=gnorm, lr=opt.param_groups[0]["lr"])
+        for gen in run_.micro_batches():
+            clip = data.sample_clips(args.batch_size, frames, gen, args.fps, args.noise_cond,
+                                     args.cond_frame, args.ef_pairs)
+            b = clip.video.shape[0]
+            drop_cond = torch.rand(b, generator=gen) < args.p_drop_cond
+            drop_ef = (torch.rand(b, generator=gen) < args.p_drop_ef).to(device)
+            cond = clip.cond * (~drop_cond).float()[:, None, None, None]
+            loss = masked_flow_loss(model, clip.video.to(device), cond.to(device), clip.ef.to(device), drop_ef,
+                                    clip.valid.to(device), gen, args.sigma_min, device, run_.autocast(),
+                                    args.t_sampling, args.temporal_weight, share)
+            run_.backward(loss)
+        gnorm = run_.step_optimizer(opt, model.parameters())
+        run_.log(loss=run_.step_mean(), gnorm=gnorm, lr=opt.param_groups[0]["lr"])
     return run_.finish()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reid import DEFAULT_TAU, ReIDConfig, ReIDResNet18, select_tau, similarity_matrix
-from .common import Run, add_common_args, clip_and_step
+from .common import Run, add_common_args
 from .data import LatentSet
 from .scaling_io import open_latent_set
 
@@ -32,7 +32,7 @@ from .scaling_io import open_latent_set
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser, steps=1500, batch_size=64, lr=1e-3, warmup=50, ema=0.0, data_required=False)
     g = parser.add_argument_group("ReID")
-    g.add_argument("--latents", required=True, help="latent cache (.pt) from `echoflow train latents`")
+    g.add_argument("--latents", required=True, help="latent cache folder from `echoflow train latents`")
     g.add_argument("--scaling", default=None, help="scaling.pt the generative models use (default: fit on TRAIN)")
     g.add_argument("--width", type=int, default=16, help="first-stage channels of the ResNet18 (release: 64)")
     g.add_argument("--embed-dim", type=int, default=128)
@@ -194,33 +194,37 @@ def run(args: argparse.Namespace) -> dict:
     device = run_.device
     params = list(reid.parameters()) + list(head.parameters())
     for _ in run_.steps():
-        za, zb, label, ida, idb = data.sample_pairs(args.batch_size, run_.gen, p_same_view=args.p_same_view_negative,
-                                                    with_identities=True)
-        if args.latent_noise > 0:
-            za = za + args.latent_noise * torch.randn(za.shape, generator=run_.gen)
-            zb = zb + args.latent_noise * torch.randn(zb.shape, generator=run_.gen)
-        za, zb, label, ida, idb = za.to(device), zb.to(device), label.to(device), ida.to(device), idb.to(device)
-        with run_.autocast():
-            f = reid(torch.cat([za, zb])).float()
-            fa, fb = f.chunk(2)
-            ea, eb = torch.sigmoid(fa), torch.sigmoid(fb)
-            if args.pairs == "batch":
-                logits = head(ea[:, None], eb[None, :])  # [B, B]
-                target = (ida[:, None] == idb[None, :]).float()
-                pos = target.sum().clamp_min(1.0)
-                neg = (1 - target).sum().clamp_min(1.0)
-                weight = target / pos + (1 - target) / neg
-                bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / 2
-                label = target
-            else:
-                logits = head(ea, eb)
-                bce = F.binary_cross_entropy_with_logits(logits, label)
-            kl = feature_kl(f)
-            loss = bce + args.kl_weight * kl
-        gnorm = clip_and_step(loss, opt, params, args.grad_clip)
+        for gen in run_.micro_batches():
+            za, zb, label, ida, idb = data.sample_pairs(args.batch_size, gen, p_same_view=args.p_same_view_negative,
+                                                        with_identities=True)
+            if args.latent_noise > 0:
+                za = za + args.latent_noise * torch.randn(za.shape, generator=gen)
+                zb = zb + args.latent_noise * torch.randn(zb.shape, generator=gen)
+            za, zb, label, ida, idb = za.to(device), zb.to(device), label.to(device), ida.to(device), idb.to(device)
+            with run_.autocast():
+                f = reid(torch.cat([za, zb])).float()
+                fa, fb = f.chunk(2)
+                ea, eb = torch.sigmoid(fa), torch.sigmoid(fb)
+                if args.pairs == "batch":
+                    logits = head(ea[:, None], eb[None, :])  # [B, B]
+                    target = (ida[:, None] == idb[None, :]).float()
+                    pos = target.sum().clamp_min(1.0)
+                    neg = (1 - target).sum().clamp_min(1.0)
+                    weight = target / pos + (1 - target) / neg
+                    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / 2
+                    label = target
+                else:
+                    logits = head(ea, eb)
+                    bce = F.binary_cross_entropy_with_logits(logits, label)
+                kl = feature_kl(f)
+                loss = bce + args.kl_weight * kl
+            run_.backward(loss)
+        gnorm = run_.step_optimizer(opt, params)
         acc = ((logits > 0).float() == label).float().mean()
-        run_.log(loss=loss, bce=bce, kl=kl, acc=acc, gnorm=gnorm)
+        run_.log(loss=run_.step_mean(), bce=bce, kl=kl, acc=acc, gnorm=gnorm)
 
+    if not run_.is_main:  # the bank and tau are computed and written once, by rank 0
+        return run_.finish()
     reid.eval()
     bank = build_bank(reid, data, args.bank_frames, device)
     bank_path = Path(args.out) / f"anatomies_{args.bank_name}.pt"

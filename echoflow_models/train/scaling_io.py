@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..scaling import LatentScaler
-from .data import LatentSet, fit_scaling, load_latent_cache
+from .data import LatentSet, fit_scaling
+from .distributed import is_main_process
+from .latent_cache import LatentCache, load_latent_cache
 
 
-def load_or_fit_scaler(cache: dict, scaling: str | None, out: Path | None = None) -> LatentScaler:
+def load_or_fit_scaler(cache: LatentCache, scaling: str | None, out: Path | None = None) -> LatentScaler:
     """`scaling` (a scaling.pt path) if given, else per-channel statistics of the TRAIN latents; a fitted
     scaler is also written to OUT/training/scaling.pt so the run records what it trained on."""
     if scaling:
         scaler = LatentScaler.load(scaling)
     else:
         scaler = fit_scaling(cache, ("TRAIN",))
-        if out is not None:
+        if out is not None and is_main_process():
             (Path(out) / "training").mkdir(parents=True, exist_ok=True)
             scaler.save(Path(out) / "training" / "scaling.pt")
     channels = cache["mean"].shape[1]
@@ -25,8 +27,8 @@ def load_or_fit_scaler(cache: dict, scaling: str | None, out: Path | None = None
 
 
 def open_latent_set(latents: str, scaling: str | None, splits, out: Path | None,
-                    sample_latents: bool = False) -> tuple[dict, LatentScaler, LatentSet]:
-    """The latent cache, its scaler (`load_or_fit_scaler`) and the scaled `LatentSet` of `splits`: what the
+                    sample_latents: bool = False) -> tuple[LatentCache, LatentScaler, LatentSet]:
+    """The latent cache (opened lazily), its scaler (`load_or_fit_scaler`) and the scaled `LatentSet` of `splits`: what the
     LIFM, LVFM and ReID stages train on."""
     cache = load_latent_cache(latents)
     scaler = load_or_fit_scaler(cache, scaling, out)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..vae import AutoencoderKL, AutoencoderKLConfig, frames_to_model_range, model_range_to_frames
-from .common import Run, add_common_args, clip_and_step
+from .common import Run, add_common_args
 from .data import frame_table, load_video_table, select_records
 
 
@@ -124,36 +124,43 @@ def run(args: argparse.Namespace) -> dict:
     last_layer = vae.decoder.conv_out.weight
 
     for step in run_.steps():
-        idx = torch.randint(len(frames), (args.batch_size,), generator=run_.gen)
-        x = frames_to_model_range(frames[idx]).to(device)
-        noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=run_.gen)))
-        with run_.autocast():
-            post = vae.encode(x)
-            rec_x = vae.decode(post.sample(noise_gen))
-            rec = (x - rec_x.float()).abs().mean()
-            kl = post.kl().float().mean() / pixels
-            loss = rec + args.kl_weight * kl
-            started = run_.progress() >= args.disc_start if args.disc_start < 1 else step >= args.disc_start
-            use_disc = started and args.disc_weight > 0
-            adv = torch.zeros((), device=device)
-            lam = torch.zeros((), device=device)
-            if use_disc:
-                disc.requires_grad_(False)
-                adv = -disc(rec_x).float().mean()
-                lam = adaptive_weight(rec, adv, last_layer)
-                loss = loss + args.disc_weight * lam * adv
-                disc.requires_grad_(True)
-        gnorm = clip_and_step(loss, opt_g, vae.parameters(), args.grad_clip)
-        d_loss = torch.zeros(())
-        if use_disc:
+        started = run_.progress() >= args.disc_start if args.disc_start < 1 else step >= args.disc_start
+        use_disc = started and args.disc_weight > 0
+        for gen in run_.micro_batches():
+            idx = torch.randint(len(frames), (args.batch_size,), generator=gen)
+            x = frames_to_model_range(frames[idx]).to(device)
+            noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
             with run_.autocast():
-                real = disc(x).float()
-                fake = disc(rec_x.detach()).float()
-                d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
-            clip_and_step(d_loss, opt_d, disc.parameters(), args.grad_clip)
-        run_.log(rec=rec, kl=kl, adv=adv, lam=lam, d=d_loss, gnorm=gnorm, lr=opt_g.param_groups[0]["lr"])
+                post = vae.encode(x)
+                rec_x = vae.decode(post.sample(noise_gen))
+                rec = (x - rec_x.float()).abs().mean()
+                kl = post.kl().float().mean() / pixels
+                loss = rec + args.kl_weight * kl
+                adv = torch.zeros((), device=device)
+                lam = torch.zeros((), device=device)
+                if use_disc:
+                    disc.requires_grad_(False)
+                    adv = -disc(rec_x).float().mean()
+                    lam = adaptive_weight(rec, adv, last_layer)
+                    loss = loss + args.disc_weight * lam * adv
+                    disc.requires_grad_(True)
+            run_.backward(loss)
+            d_loss = torch.zeros(())
+            if use_disc:  # the discriminator sees this micro-batch's reconstructions, detached
+                with run_.autocast():
+                    real = disc(x).float()
+                    fake = disc(rec_x.detach()).float()
+                    d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+                run_.backward(d_loss, key="d")
+        gnorm = run_.step_optimizer(opt_g, vae.parameters())
+        if use_disc:
+            run_.step_optimizer(opt_d, disc.parameters())
+        d_mean = run_.step_mean("d") if use_disc else d_loss
+        run_.log(rec=rec, kl=kl, adv=adv, lam=lam, d=d_mean, gnorm=gnorm, lr=opt_g.param_groups[0]["lr"])
 
     summary = {}
+    if not run_.is_main:  # the final PSNRs are measured once, by rank 0
+        return run_.finish()
     if eval_frames is not None:
         summary["val_psnr_db"] = reconstruction_psnr(run_.export_model(), eval_frames, device)
     summary["train_psnr_db"] = reconstruction_psnr(run_.export_model(), frames[: len(frames): max(1, len(frames) // 64)],

@@ -6,7 +6,7 @@ and fall back to plain behaviour (CPU, a configurable output folder, no progress
 in the unit tests, and in ``python -m headless run`` without ``--server``.
 
 Model folders follow the released ``HReynaud/EchoFlow`` layout (``vae/<name>/``, ``lifm/<name>/``,
-``lvfm/<name>/``, ``reid/<name>/``, ``ef/<name>/``, ``assets/*.pt``) under every ``echoflow`` model root:
+``lvfm/<name>/``, ``reid/<name>/``, ``ef/<name>/``, ``seg/<name>/``, ``assets/*.pt``) under every ``echoflow`` model root:
 ``ComfyUI/models/echoflow/`` plus whatever ``extra_model_paths.yaml`` adds under an ``echoflow:`` key.
 Outside ComfyUI the roots come from ``ECHOFLOW_MODEL_PATH`` (``os.pathsep``-separated). The bundled demo
 weights are always listed too, under names starting with ``demo/``.

@@ -42,13 +42,14 @@ _DTYPES = {name: dtype_of(name) for name in PRECISION_NAMES}
 
 def pick_dtype(precision: str, role: str = "flow") -> torch.dtype:
     """``auto`` follows ComfyUI: bf16/fp16 for the flow models where the device supports them, the VAE's
-    dtype from ComfyUI's VAE policy, fp32 for ReID and EF (privacy scores at tau=0.9997 need fp32)."""
+    dtype from ComfyUI's VAE policy, fp32 for ReID, EF and LV segmentation (privacy scores at tau=0.9997
+    need fp32; the EF instruments should not read differently on another GPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return _DTYPES[precision]
     device = torch_device()
-    if device.type == "cpu" or role in ("reid", "ef"):
+    if device.type == "cpu" or role in ("reid", "ef", "seg"):
         return torch.float32
     if HAS_COMFY:
         try:

@@ -16,7 +16,7 @@ from ._host import fp as _fp
 FOLDER_NAME = "echoflow"
 MODEL_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".json", ".yaml", ".yml"}
 DEMO_PREFIX = "demo/"
-KINDS = WEIGHT_KINDS  # the library's folder kinds: vae, lifm, lvfm, reid, ef
+KINDS = WEIGHT_KINDS  # the library's folder kinds: vae, lifm, lvfm, reid, ef, seg
 CLASS_KINDS = model_kinds()  # the library's registry: _class_name -> kind
 
 

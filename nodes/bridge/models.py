@@ -34,7 +34,7 @@ _HOLDERS: dict[str, type] = {}
 def _holder_class(kind: str) -> type:
     """A named subclass per kind, so ComfyUI's log says "Requested to load EchoFlowLIFM"."""
     if kind not in _HOLDERS:
-        _HOLDERS[kind] = type("EchoFlow" + {"ef": "EFRegressor", "reid": "ReID"}.get(kind, kind.upper()),
+        _HOLDERS[kind] = type("EchoFlow" + {"ef": "EFRegressor", "reid": "ReID", "seg": "LVSeg"}.get(kind, kind.upper()),
                               (_Holder,), {})
     return _HOLDERS[kind]
 

@@ -34,7 +34,7 @@ API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
 TINY = ["*.steps=2", "EchoFlowLoadVAE.vae_name=vae/tiny", "EchoFlowLoadImageFlow.model_name=lifm/tiny",
         "EchoFlowLoadVideoFlow.model_name=lvfm/tiny", "EchoFlowLoadPrivacyGate.reid_name=reid/tiny",
-        "EchoFlowLoadEFRegressor.model_name=ef/tiny"]
+        "EchoFlowLoadEFRegressor.model_name=ef/tiny", "EchoFlowLoadLVSegmentation.model_name=seg/tiny"]
 
 
 def _skip_reason() -> str | None:
@@ -97,6 +97,9 @@ def server(tmp_path_factory, reid_tiny_dir):
 
     save_model(EFRegressor(EFRegressorConfig(frames=8, size=32, channels=[8, 8, 8, 8], norm_groups=4, head_hidden=8)),
                models / "ef" / "tiny")
+    from echoflow_models.lvseg import LVSegConfig, LVSegNet
+
+    save_model(LVSegNet(LVSegConfig(channels=[8, 8])), models / "seg" / "tiny")
     (models / "gates.json").write_text(json.dumps({v: {"reid": "tiny", "banks": ["anatomies_tiny.pt"],
                                                        "latent_shape": [4, 28, 28]} for v in ("A4C", "PSAX", "PLAX")}))
     extra = base / "extra_root"

@@ -1,8 +1,8 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import {
-  READOUT_KINDS, READOUT_LAYOUT, READOUT_MAX_LINES, efBadge, efCategory, efEstimateLines, fmtTau,
-  gateTauLine, gateVerdict, pushDownBelow, readoutCharsPerLine, readoutFromMessage, readoutFromProperty,
+  READOUT_KINDS, READOUT_LAYOUT, READOUT_MAX_LINES, efBadge, efBothLines, efCategory, efEstimateLines, fmtTau,
+  gateTauLine, gateVerdict, lvLines, pushDownBelow, readoutCharsPerLine, readoutFromMessage, readoutFromProperty,
   readoutLayout, readoutToProperty, savedVideoLines, wrapLines,
 } from "../echoflow_logic.js";
 
@@ -88,7 +88,7 @@ const GATE = { tau: 0.979, similarity: "pearson", items: [{ max_similarity: 0.5,
 test("readoutFromMessage reads each node's ui key and keeps the verdict colour", () => {
   assert.deepEqual(Object.keys(READOUT_KINDS).sort(),
     ["EchoFlowAnimate", "EchoFlowEstimateEF", "EchoFlowLoadPrivacyGate", "EchoFlowPrivacyGate",
-     "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo"]);
+     "EchoFlowSaveEchoNetDataset", "EchoFlowSaveVideo", "EchoFlowSegmentLV"]);
   const gate = readoutFromMessage("gate", { text: ["summary"], echoflow_gate: [GATE] });
   assert.deepEqual(gate.lines, ["1/1 passed · τ 0.979 (pearson)", "#0 PASS  max 0.500000  bank #3"]);
   assert.equal(gate.color, "#5cb85c");
@@ -187,4 +187,20 @@ test("a tau typed equal to the calibrated one is shown as such, not as stricter"
   const equal = { tau: 0.9997, calibrated_tau: 0.9997, calibrated_source: "release default", tau_chosen_by: "user (equal)",
     looser_than_calibrated: false };
   assert.equal(gateTauLine(equal).text, "τ 0.9997 (as calibrated, release default)");
+});
+
+test("EF by segmentation is shown beside the regressor's, and Segment LV shows each video's volumes", () => {
+  assert.deepEqual(efBothLines([40, 50], [38.2, null], 45), [
+    "video 0: regressor 40.0% (error 5.0) · LV seg 38.2% (error 6.8)",
+    "video 1: regressor 50.0% (error 5.0) · LV seg no LV",
+  ]);
+  assert.deepEqual(efBothLines(undefined, [30]), ["video 0: LV seg 30.0%"]);
+  assert.deepEqual(efBothLines([30, 50], undefined, 40), efEstimateLines([30, 50], 40));  // the regressor alone
+  const seg = readoutFromMessage("ef", { echoflow_ef_seg: [61.04], echoflow_ef_target: [65] });
+  assert.deepEqual(seg.lines, ["video 0: LV seg 61.0% (error 4.0)"]);
+  assert.deepEqual(lvLines([{ ef: 52.1, edv: 90.2, esv: 43.1, view: "A4C", target: 55 }, { ef: null }]),
+    ["video 0: EF 52.1% (normal) · EDV 90 mL ESV 43 mL · error 2.9", "video 1: no LV cavity found"]);
+  assert.deepEqual(lvLines([{ ef: 30, edv: 8, esv: 5.6, view: "PSAX" }]), ["video 0: EF 30.0% (reduced) · EDV 8 ESV 6"]);
+  assert.equal(readoutFromMessage("lv", { text: ["x"] }), null);
+  assert.deepEqual(readoutFromMessage("lv", { echoflow_lv: [] }).lines, ["no video segmented"]);
 });
