@@ -301,13 +301,13 @@ def _check_train_all(work: Path, out: Path, info: str, steps_scale: int, dtype: 
     assert lifm_args["latents"] == str(work / "latents_lvfm") and lifm_args["frames"] == "first"
     gates = json.loads((out / "gates.json").read_text())
     assert set(gates) == {"A4C", "PSAX", "PLAX"} and gates["A4C"]["banks"] == ["anatomies_phantom.pt"]
-    assert info.count("loads strictly") == 5
+    assert info.count("loads strictly") == 6
     from echoflow_models.pipeline import EchoFlowPipeline
 
     pipe = EchoFlowPipeline.from_folder(out)
     assert set(pipe.gates) == {"A4C", "PSAX", "PLAX"}
     manifest = json.loads((out / "training.json").read_text())
-    assert manifest["dtype"] == dtype and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef"}
+    assert manifest["dtype"] == dtype and set(manifest["models"]) == {"vae", "lifm", "lvfm", "reid", "ef", "seg"}
     for stage in ("vae", "lifm", "lvfm", "reid", "ef"):  # --steps-scale multiplies every preset step count
         assert manifest["stages"][stage]["steps"] == steps_scale * TINY[stage]["steps"], stage
 
@@ -342,7 +342,7 @@ def test_train_all_command_in_its_own_process(tmp_path):
 
 BUNDLED = bundled_weights_root()
 KINDS = {"vae": "phantom-4f4", "lifm": "phantom-dit", "lvfm": "phantom-stdit", "reid": "phantom-4f4",
-         "ef": "phantom-r3d"}
+         "ef": "phantom-r3d", "seg": "phantom-unet"}
 
 
 def test_bundled_weights_are_complete_and_small():
@@ -364,7 +364,7 @@ def test_bundled_weights_load_strictly(run_cli):
         assert all(p.dtype == torch.float32 for p in model.parameters())
     code, out, err = run_cli(["info", BUNDLED])
     assert code == 0, err
-    assert out.count("loads strictly") == 5
+    assert out.count("loads strictly") == 6
 
 
 def test_bundled_weights_make_a_pipeline():

@@ -72,6 +72,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "lvfm_data": {"extra_videos": 4, "phase": 0.0, "heart_rate": 75.0},
         # fp32: the regressor reads EF off the temporal spread of its features, which bf16 rounds away
         "ef": {"batch_size": 8, "steps": 1200, "max_minutes": 15.0, "lr": 1e-3},
+        # the LV segmentation instrument (EF by segmentation), on the traced frames and their A-VAE
+        # reconstructions (generated videos are decoded by the same A-VAE)
+        "seg": {"batch_size": 12, "steps": 1500, "max_minutes": 30.0, "lr": 2e-3, "channels": "16,32,48,64",
+                "amp": "bf16", "save_every": 250, "eval_videos": 24},
     },
     "tiny": {
         "vae": {"channels": "8,8,8", "norm_groups": 4, "batch_size": 2, "steps": 3, "frames_per_video": 2,
@@ -83,9 +87,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "lvfm_data": {"extra_videos": 1, "phase": 0.0, "heart_rate": 75.0},
         "ef": {"batch_size": 2, "steps": 2, "channels": "8,8,8,8", "frames": 8, "size": 32, "clip_frames": 8,
                "eval_split": ""},
+        "seg": {"batch_size": 2, "steps": 2, "channels": "8,8", "frames_per_video": 2, "eval_videos": 0},
     },
 }
-STAGES = ("vae", "latents", "lifm", "reid", "lvfm", "ef")  # (+ "masks", "lvfm_data", "lvfm_latents")
+STAGES = ("vae", "latents", "lifm", "reid", "lvfm", "ef", "seg")  # (+ "masks", "lvfm_data", "lvfm_latents")
 EXTRA_STAGES = ("masks", "lvfm_data", "lvfm_latents")
 
 
@@ -153,11 +158,11 @@ def _export_folder(src: Path, dst: Path, fp16: bool, weights_name: str, config_n
 # What each stage needs first; with --jobs 2 independent stages run side by side, one thread each.
 DEPENDS = {"vae": (), "masks": (), "ef": (), "lvfm_data": (), "latents": ("vae", "masks"),
            "lvfm_latents": ("vae", "lvfm_data"), "lvfm": ("latents", "lvfm_latents"), "lifm": ("latents", "lvfm_latents"),
-           "reid": ("latents",)}
+           "reid": ("latents",), "seg": ("vae", "masks")}
 # start order when several are ready
-ORDER = ("vae", "ef", "masks", "lvfm_data", "latents", "lvfm_latents", "lvfm", "lifm", "reid")
+ORDER = ("vae", "ef", "masks", "lvfm_data", "latents", "lvfm_latents", "lvfm", "lifm", "reid", "seg")
 MODULES = {"vae": "vae", "ef": "ef", "lifm": "lifm", "lvfm": "lvfm", "reid": "reid", "latents": "latents",
-           "lvfm_data": "dataset", "lvfm_latents": "latents"}
+           "lvfm_data": "dataset", "lvfm_latents": "latents", "seg": "seg"}
 
 
 def lvfm_data_options(data: Path, out: Path, extra_videos: int, quiet: bool, phase: float | None = None,
@@ -173,6 +178,11 @@ def lvfm_data_options(data: Path, out: Path, extra_videos: int, quiet: bool, pha
             "views": ",".join(recipe["views"]), "frames": frames, "extra_videos": int(extra_videos),
             "extra_frames": frames, "split": ",".join(str(f) for f in recipe["split_fractions"]),
             "codec": recipe.get("codec", "mjpeg"), "phase": phase, "heart_rate": heart_rate, "quiet": quiet}
+
+
+def has_tracings(data: Path) -> bool:
+    """Whether a dataset folder carries LV tracings `train seg` can learn from."""
+    return (data / "VolumeTracings.csv").is_file() or (data / "Masks").is_dir()
 
 
 def _run_stage(stage: str, opts: dict, threads: int | None) -> dict:
@@ -265,7 +275,16 @@ def run(args: argparse.Namespace) -> dict:
             return None
         if stage not in only:
             return None
-        extra = {"data": str(data)} if stage in ("vae", "ef") else {"latents": str(cache), "scaling": str(scaling)}
+        if stage == "seg" and not (want_masks or has_tracings(data)):
+            if not args.quiet:
+                print(f"== seg: skipped ({data} has no LV tracings: Masks/ or VolumeTracings.csv)")
+            return None
+        if stage in ("vae", "ef"):
+            extra = {"data": str(data)}
+        elif stage == "seg":
+            extra = {"data": str(data), "vae": str(work / "vae")}
+        else:
+            extra = {"latents": str(cache), "scaling": str(scaling)}
         if lvfm_render is not None and stage in clip_users:
             extra["latents"] = str(lvfm_cache)
         if stage == "reid":
@@ -344,7 +363,7 @@ def run(args: argparse.Namespace) -> dict:
 def export(args: argparse.Namespace, work: Path, out: Path, results: dict, timings: dict) -> dict:
     name = args.name
     names = {"vae": f"{name}-4f4", "lifm": f"{name}-dit", "lvfm": f"{name}-stdit", "reid": f"{name}-4f4",
-             "ef": f"{name}-r3d"}
+             "ef": f"{name}-r3d", "seg": f"{name}-unet"}
     exported = []
     for kind, folder_name in names.items():
         src = work / kind
