@@ -160,6 +160,7 @@ def check_args(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_tau_option(args, [args.view])
+    require(args.seg is None or args.lv_labels, "--seg names the model of --lv-labels; add --lv-labels or drop --seg")
 
 
 def check_out_folder(out: Path, args: argparse.Namespace) -> list[Path]:
@@ -295,6 +296,7 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
                                         allow_looser_tau=args.allow_looser_tau)
     settings = run_settings(args, pipe)
     check_resume(out, args.prefix, settings)
+    labeller = open_labeller(args, out, say) if args.lv_labels else None
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5])
         say(f"note: {len(foreign)} video(s) in {out / 'Videos'} are not in FileList.csv ({shown}"
@@ -303,13 +305,19 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_run(out, args.prefix, settings)
     batch = args.batch_size or auto_batch_size(pipe, settings["guidance"], device)
-    code = generate_slots(args, pipe, settings, out, rank, world, batch, say)
+    if labeller is not None:
+        labeller.catch_up(rank_slots(args.count, rank, world), say)
+    code = generate_slots(args, pipe, settings, out, rank, world, batch, say, labeller)
+    if labeller is not None and labeller.unlabelled:
+        print(f"note: {len(labeller.unlabelled)} video(s) got no LV labels: the segmentation model found no LV in "
+              f"them ({', '.join(labeller.unlabelled[:5])}); their rows and videos are kept", file=sys.stderr)
     if code:
         return code
     return merge_when_complete(args, out, say)
 
 
-def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int, batch: int, say) -> int:
+def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int, batch: int, say,
+                   labeller: LVLabeller | None = None) -> int:
     """Fill this rank's slots into its own shard, `batch` candidates at a time."""
     from .dataset_shards import ShardWriter
     from .synthetic_dataset import content_hash, generation_key
@@ -392,12 +400,75 @@ def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int,
                                "Weights": weights_id, "Generation": cand.key})
                     progress.generations[cand.key] = name
                     progress.hashes.add(digest)
+                    if labeller is not None:  # after the row: an interrupted labelling is caught up on resume
+                        labeller.label(name, video)
                 pending.remove(cand.slot)
             rate = (time.perf_counter() - start_time) / max(1, tried)
             say(f"{len(pending)} of this rank's slots to go ({tried} candidates, {rate:.1f}s per candidate)")
     say("this rank's slots are done" + (f" ({duplicates} already in the dataset under other names)"
                                          if duplicates else ""))
     return 0
+
+
+class LVLabeller:
+    """Writes each generated video's LV labels (`lv_labels.write_lv_labels`) from an LV segmentation model."""
+
+    def __init__(self, seg, out: Path, prefix: str, view: str, fps: float, say) -> None:
+        self.seg, self.out, self.prefix, self.view, self.fps, self.say = seg, out, prefix, view, fps, say
+        self.unlabelled: list[str] = []
+
+    def label(self, name: str, frames) -> None:
+        """Segment and write; a video whose LV the model cannot find keeps its row and gets no labels (said,
+        and counted in the summary: a wrong outline would be worse than none)."""
+        from .lv_ef import measure_ef
+        from .lv_labels import LVLabelError, traced_frames, write_lv_labels
+
+        masks = self.seg.segment(frames)
+        measured = measure_ef(masks, self.fps, self.view)
+        try:
+            ed, es = traced_frames(measured.volumes, measured.ed_frames, measured.es_frames)
+            write_lv_labels(self.out, name, masks, ed, es)
+        except LVLabelError as exc:
+            self.unlabelled.append(name)
+            self.say(f"{name}: no LV labels written ({exc})")
+
+    def catch_up(self, slots, say) -> None:
+        """Label the videos of `slots` that have a row but no labels yet (a run stopped between the two)."""
+        from .lv_labels import MASKS_DIR
+        from .video_io import read_video
+
+        listed = read_progress(self.out, self.prefix).done
+        todo = [s for s in slots if s in listed
+                and not (self.out / MASKS_DIR / f"{candidate_name(self.prefix, s)}.npz").is_file()]
+        for slot in todo:
+            name = candidate_name(self.prefix, slot)
+            frames, _ = read_video(self.out / "Videos" / f"{name}.avi", gray=True)
+            self.label(name, frames)
+        if todo:
+            say(f"wrote the LV labels of {len(todo)} video(s) listed before without them")
+
+
+def open_labeller(args: argparse.Namespace, out: Path, say) -> LVLabeller:
+    """The LV labeller of `--lv-labels`, checked before anything is generated: the weights' seg model (or
+    `--seg`) and a VolumeTracings.csv, if the folder has one, in EchoNet's layout."""
+    from .checkpoint import load_model
+    from .lv_labels import LVLabelError, check_tracings_file
+    from .weights import default_weights_root, resolve_model
+
+    root = Path(args.weights).expanduser() if args.weights else default_weights_root()
+    try:
+        seg = load_model(resolve_model(root, "seg", args.seg)).eval()
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--lv-labels needs an LV segmentation model (seg/<name>/ in the weights root): {exc}. "
+                         "Train one with `echoflow train seg`, or drop --lv-labels") from None
+    if getattr(seg, "kind", None) != "seg":
+        raise UsageError(f"--seg {args.seg}: {type(seg).__name__} is not an LV segmentation model")
+    if out.is_dir():
+        try:
+            check_tracings_file(out)
+        except LVLabelError as exc:
+            raise UsageError(f"--lv-labels: {exc}") from None
+    return LVLabeller(seg, out, args.prefix, args.view, args.fps, say)
 
 
 def merge_when_complete(args: argparse.Namespace, out: Path, say) -> int:
@@ -466,5 +537,10 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision of the flow models")
     add_threads_arg(g)
+    g.add_argument("--lv-labels", action="store_true",
+                   help="also write LV labels of every video, segmented by the weights' LV segmentation model: "
+                        "Masks/<name>.npz (a mask per frame) and its ED/ES tracings in VolumeTracings.csv "
+                        "(EchoNet-Dynamic's layout), so the dataset trains segmentation models too")
+    g.add_argument("--seg", default=None, help="LV segmentation folder name under seg/ (with --lv-labels)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate_dataset)

@@ -155,7 +155,8 @@ def tracing_rows(file_name: str, masks, frames: list[int], chords: int = CHORDS)
         if m[f].sum() < 3:
             raise LVLabelError(f"{file_name}: frame {f} has no LV cavity in its mask; it cannot be traced")
         for x1, y1, x2, y2 in trace_mask(m[f], chords):
-            rows.append([file_name, f"{x1:g}", f"{y1:g}", f"{x2:g}", f"{y2:g}", str(f)])
+            # EchoNet-Dynamic's VolumeTracings.csv names the video file (FileList.csv names it without .avi)
+            rows.append([f"{file_name}.avi", f"{x1:g}", f"{y1:g}", f"{x2:g}", f"{y2:g}", str(f)])
     return rows
 
 

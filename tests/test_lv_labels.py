@@ -86,7 +86,7 @@ def test_appending_keeps_other_rows_and_is_idempotent(video, tmp_path):
     first = write_lv_labels(tmp_path, "synth_00001", video.lv_masks, video.ed_frames[0], video.es_frames[0])
     text = tracings.read_text()
     assert text.startswith(original + "\n") and first.wrote_tracings
-    assert text.count("\nsynth_00001,") == 2 * (1 + CHORDS)
+    assert text.count("\nsynth_00001.avi,") == 2 * (1 + CHORDS)
     npz = (tmp_path / "Masks" / "synth_00001.npz").read_bytes()
     again = write_lv_labels(tmp_path, "synth_00001", video.lv_masks, video.ed_frames[0], video.es_frames[0])
     assert not again.wrote_masks and not again.wrote_tracings

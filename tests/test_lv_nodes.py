@@ -259,7 +259,7 @@ def test_save_dataset_writes_lv_labels_for_each_saved_video(M, env, bridge, phan
         traced = list(csv.reader(fh))
     assert traced[0] == ["FileName", "X1", "Y1", "X2", "Y2", "Frame"] and len(traced) == 1 + 4 * 21
     first_frames = list(dict.fromkeys((r[0], int(r[5])) for r in traced[1:]))
-    assert [name for name, _ in first_frames] == ["synth_00001"] * 2 + ["synth_00002"] * 2
+    assert [name for name, _ in first_frames] == ["synth_00001.avi"] * 2 + ["synth_00002.avi"] * 2
     es, ed = first_frames[0][1], first_frames[1][1]
     assert phantoms[0].lv_masks[es].sum() < phantoms[0].lv_masks[ed].sum()  # ES first, as EchoNet orders them
     before = (root / "VolumeTracings.csv").read_bytes()
