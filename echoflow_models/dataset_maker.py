@@ -40,6 +40,7 @@ MAX_ATTEMPTS = 1000  # per slot, as `echoflow generate --max-tries`
 LAYOUT = "slots-v2"  # one name per slot (0..count-1), shards per rank; recorded so an older folder is not mixed in
 MAX_BATCH = 1024
 MAX_AUTO_BATCH = 64
+TRACINGS_SUFFIX = ".tracings.csv"  # a rank's LV tracings beside its shard, folded into VolumeTracings.csv by the merge
 CPU_BATCH_SIZE = 1  # batches were slower per candidate on the 2-core CPU (docs/benchmarks.md, "Dataset generation throughput")
 
 
@@ -411,10 +412,16 @@ def generate_slots(args, pipe, settings: dict, out: Path, rank: int, world: int,
 
 
 class LVLabeller:
-    """Writes each generated video's LV labels (`lv_labels.write_lv_labels`) from an LV segmentation model."""
+    """Writes each generated video's LV labels (`lv_labels.write_lv_labels`) from an LV segmentation model:
+    the masks into Masks/<name>.npz, the ED/ES tracings into this rank's own file in shards/ (no lock shared
+    between ranks), which the merge folds into VolumeTracings.csv."""
 
-    def __init__(self, seg, out: Path, prefix: str, view: str, fps: float, say) -> None:
+    def __init__(self, seg, out: Path, prefix: str, rank: int, view: str, fps: float, say) -> None:
+        from .dataset_shards import shard_stem
+
         self.seg, self.out, self.prefix, self.view, self.fps, self.say = seg, out, prefix, view, fps, say
+        stem = shard_stem(out, prefix, rank)
+        self.tracings = stem.with_name(stem.name + TRACINGS_SUFFIX)
         self.unlabelled: list[str] = []
 
     def label(self, name: str, frames) -> None:
@@ -427,21 +434,24 @@ class LVLabeller:
         measured = measure_ef(masks, self.fps, self.view)
         try:
             ed, es = traced_frames(measured.volumes, measured.ed_frames, measured.es_frames)
-            write_lv_labels(self.out, name, masks, ed, es)
+            write_lv_labels(self.out, name, masks, ed, es, tracings_file=self.tracings)
         except LVLabelError as exc:
             self.unlabelled.append(name)
             self.say(f"{name}: no LV labels written ({exc})")
 
     def catch_up(self, slots, say) -> None:
-        """Label the videos of `slots` that have a row but no labels yet (a run stopped between the two)."""
+        """Label the videos of `slots` that have a row but no masks file (a run stopped between the row and
+        its labels; the npz is written last, so one that exists means the labels are complete)."""
+        from .dataset_shards import read_shards
+        from .echonet import read_filelist
         from .lv_labels import MASKS_DIR
         from .video_io import read_video
 
-        listed = read_progress(self.out, self.prefix).done
-        todo = [s for s in slots if s in listed
-                and not (self.out / MASKS_DIR / f"{candidate_name(self.prefix, s)}.npz").is_file()]
-        for slot in todo:
-            name = candidate_name(self.prefix, slot)
+        listed = read_filelist(self.out) if (self.out / "FileList.csv").is_file() else []
+        with_rows = {r.file_name for r in [*listed, *read_shards(self.out, self.prefix).rows]}
+        todo = [name for name in (candidate_name(self.prefix, s) for s in slots)
+                if name in with_rows and not (self.out / MASKS_DIR / f"{name}.npz").is_file()]
+        for name in todo:
             frames, _ = read_video(self.out / "Videos" / f"{name}.avi", gray=True)
             self.label(name, frames)
         if todo:
@@ -468,7 +478,7 @@ def open_labeller(args: argparse.Namespace, out: Path, say) -> LVLabeller:
             check_tracings_file(out)
         except LVLabelError as exc:
             raise UsageError(f"--lv-labels: {exc}") from None
-    return LVLabeller(seg, out, args.prefix, args.view, args.fps, say)
+    return LVLabeller(seg, out, args.prefix, dist_env()[0], args.view, args.fps, say)
 
 
 def merge_when_complete(args: argparse.Namespace, out: Path, say) -> int:
@@ -481,7 +491,17 @@ def merge_when_complete(args: argparse.Namespace, out: Path, say) -> int:
         say(f"{len(missing)} slot(s) of other ranks still to come; the last rank to finish merges the shards into "
             f"FileList.csv (or run: echoflow generate-dataset --merge {out})")
         return 0
-    report_merge(merge_shards(out, add_missing_columns=args.append_to_existing), out, say)
+    from .echonet import DatasetLockedError
+
+    try:
+        result = merge_shards(out, add_missing_columns=args.append_to_existing)
+    except DatasetLockedError:
+        # another rank finishing at the same moment is merging the same shards (or the ComfyUI node is
+        # appending): this rank's work is safe in its shard, and the merge is idempotent
+        say(f"another process holds the dataset's lock (a rank merging the same shards); if FileList.csv lacks "
+            f"rows when everything has stopped, run: echoflow generate-dataset --merge {out}")
+        return 0
+    report_merge(result, out, say)
     return 0
 
 

@@ -45,6 +45,7 @@ from .echonet import (
     EchoNetRecord,
     EchoNetWriter,
     _parse_filelist_text,
+    read_filelist,
 )
 from .synthetic_dataset import SYNTHETIC_COLUMNS, synthetic_extra
 
@@ -242,11 +243,24 @@ def merge_shards(root: str | os.PathLike, *, add_missing_columns: bool = False) 
                   key=lambda r: r.file_name)
     csv_path = root / FILELIST_NAME
     if not csv_path.is_file():
-        return _assemble(csv_path, _csv_line(SHARD_COLUMNS).encode(), SHARD_COLUMNS, [], rows)
-    # the lock keeps out the Save EchoNet Dataset node, which appends to FileList.csv in place; the writer
-    # also repairs an interrupted tail and adds our columns to an opted-in foreign FileList first
-    with EchoNetWriter(root, SYNTHETIC_COLUMNS, add_missing_columns=add_missing_columns) as writer:
-        return _assemble(csv_path, csv_path.read_bytes(), writer.columns, writer.records, rows)
+        result = _assemble(csv_path, _csv_line(SHARD_COLUMNS).encode(), SHARD_COLUMNS, [], rows)
+    else:
+        # the lock keeps out the Save EchoNet Dataset node, which appends to FileList.csv in place; the writer
+        # also repairs an interrupted tail and adds our columns to an opted-in foreign FileList first
+        with EchoNetWriter(root, SYNTHETIC_COLUMNS, add_missing_columns=add_missing_columns) as writer:
+            result = _assemble(csv_path, csv_path.read_bytes(), writer.columns, writer.records, rows)
+    _fold_rank_tracings(root)
+    return result
+
+
+def _fold_rank_tracings(root: Path) -> None:
+    """The LV tracings the ranks wrote beside their shards (`generate-dataset --lv-labels`), for the videos
+    FileList.csv now lists, into VolumeTracings.csv (only videos it has no rows for)."""
+    from .lv_labels import fold_tracings
+
+    sources = sorted((root / SHARDS_DIR).glob("*.tracings.csv"))
+    if sources:
+        fold_tracings(root, sources, {r.file_name for r in read_filelist(root)})
 
 
 def _assemble(csv_path: Path, base: bytes, columns: Sequence[str], listed: list[EchoNetRecord],

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .conventions import VIEWS
 from .phantom import PIXEL_SPACING_CM
 
 VOLUME_METHODS = ("area-length", "discs")
@@ -111,22 +112,37 @@ def volume_curve(masks, view: str = "A4C", method: str = "area-length",
     return np.array([fn(frame, pixel_spacing_cm) for frame in m]), areas
 
 
-def repair_curve(volumes: np.ndarray, tolerance: float = 0.25) -> tuple[np.ndarray, list[int]]:
-    """Replace single-frame outliers (a dropout to ~0 or a spike) by the median of the 2 frames on each side.
-
-    A frame is an outlier when it differs from the median of its 5-frame window by more than `tolerance` x the median
-    (a real beat changes the volume by a few per cent per frame at 32 fps, far less than 25 %)."""
+def repair_curve(volumes: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Replace single-frame failures by the median of the 2 frames on each side: an empty mask (volume 0, which
+    no heart has) or a volume outside its neighbours' range by more than that range (at least 10 % of their
+    median). A real ES or ED frame lies just beyond its neighbours (the curve turns there), by less than the
+    neighbours' own spread, so it is kept even at low frame rates and high EF; a frame segmented as nothing
+    or as everything is not."""
     v = np.asarray(volumes, dtype=np.float64).copy()
     n = len(v)
-    repaired = []
+    repaired: list[int] = []
     if n < 3:
         return v, repaired
     out = v.copy()
     for i in range(n):
-        lo, hi = max(0, i - 2), min(n, i + 3)
-        local = float(np.median(v[lo:hi]))  # with the frame itself: a neighbour's dropout cannot flag it
-        if local > 0 and abs(v[i] - local) > tolerance * local:
-            out[i] = float(np.median(np.concatenate([v[lo:i], v[i + 1:hi]])))
+        neighbours = np.concatenate([v[max(0, i - 2):i], v[i + 1:min(n, i + 3)]])
+        local = float(np.median(neighbours))
+        if local <= 0:
+            continue
+        if i in (0, n - 1) and n >= 4:
+            # an end frame has neighbours on one side only: compare it with the line through the next two,
+            # since the curve may be rising or falling steeply there
+            a, b = (v[1], v[2]) if i == 0 else (v[n - 2], v[n - 3])
+            expected, spread = 2 * a - b, max(abs(a - b), 0.1 * local)
+            failed = v[i] <= 0 or abs(v[i] - expected) > 2 * spread
+            replacement = max(expected, 0.0) if expected > 0 else local
+        else:
+            lo, hi = float(neighbours.min()), float(neighbours.max())
+            spread = max(hi - lo, 0.1 * local)
+            failed = v[i] <= 0 or v[i] < lo - spread or v[i] > hi + spread
+            replacement = local
+        if failed:
+            out[i] = replacement
             repaired.append(i)
     return out, repaired
 
@@ -142,10 +158,13 @@ def _smooth(v: np.ndarray, width: int) -> np.ndarray:
 
 def find_beats(volumes: np.ndarray, fps: float, heart_rate_bpm: float | None = None
                ) -> tuple[list[int], list[int]]:
-    """(ED frames, ES frames): local maxima / minima of the smoothed curve at least ~half a period apart.
+    """(ED frames, ES frames): turning points of the smoothed curve, the largest / smallest volume within
+    +-0.4 of a period, at least that far apart.
 
-    The period is `heart_rate_bpm` when known, else estimated from the curve's autocorrelation (within
-    40-150 bpm), else 75 bpm."""
+    A turning point needs frames on both sides that move away from it (by 2 % of the curve's range), so the
+    first and last frames of a clip that starts or ends mid-beat are never taken for ED or ES (a half beat
+    would read as a smaller EF). The period is `heart_rate_bpm` when known, else estimated from the curve's
+    autocorrelation (within 40-150 bpm), else 75 bpm."""
     n = len(volumes)
     if n < 3:
         return [int(np.argmax(volumes))], [int(np.argmin(volumes))]
@@ -153,12 +172,18 @@ def find_beats(volumes: np.ndarray, fps: float, heart_rate_bpm: float | None = N
     smooth = _smooth(volumes, max(1, int(round(period / 8))))
     half = max(2, int(round(period * 0.4)))
 
+    tol = 0.02 * float(smooth.max() - smooth.min())
+
     def extrema(sign: float) -> list[int]:
         picked = []
         for i in range(n):
             lo, hi = max(0, i - half), min(n, i + half + 1)
-            window = sign * smooth[lo:hi]
-            if sign * smooth[i] >= window.max() and (not picked or i - picked[-1] > half):
+            value = sign * smooth[i]
+            if value < (sign * smooth[lo:hi]).max():
+                continue
+            left, right = sign * smooth[lo:i], sign * smooth[i + 1:hi]
+            turning = len(left) and len(right) and value - left.min() > tol and value - right.min() > tol
+            if turning and (not picked or i - picked[-1] > half):
                 picked.append(i)
         return picked
 
@@ -206,8 +231,12 @@ def ef_from_curve(volumes: np.ndarray, ed: list[int], es: list[int]) -> tuple[fl
 def measure_ef(masks, fps: float = 32.0, view: str = "A4C", method: str = "area-length",
                heart_rate_bpm: float | None = None, pixel_spacing_cm: float = PIXEL_SPACING_CM) -> LVMeasurement:
     """EF of one video from its per-frame LV masks (bool [T, H, W])."""
-    if not fps > 0:
-        raise ValueError(f"measure_ef: fps must be > 0, got {fps}")
+    for value, name in ((fps, "fps"), (pixel_spacing_cm, "pixel_spacing_cm"),
+                        (1.0 if heart_rate_bpm is None else heart_rate_bpm, "heart_rate_bpm")):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"measure_ef: {name} must be a finite number > 0, got {value!r}")
+    if view not in VIEWS:
+        raise ValueError(f"measure_ef: view must be one of {', '.join(VIEWS)} (upper case), got {view!r}")
     raw, areas = volume_curve(masks, view, method, pixel_spacing_cm)
     volumes, repaired = repair_curve(raw)
     ed, es = find_beats(volumes, fps, heart_rate_bpm)

@@ -219,7 +219,10 @@ def _lock(fh) -> None:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory lock
         return
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # waits: appends from other processes are short
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # waits: appends from other processes are short
+    except OSError:  # a file system without advisory locks (ENOLCK): one writer per file is then the caller's rule
+        return
 
 
 def _check_header(path: Path, header: tuple[str, ...]) -> None:
@@ -269,13 +272,16 @@ def _append_tracings(path: Path, file_name: str, rows: list[list[str]]) -> bool:
 
 
 def write_lv_labels(root: str | os.PathLike, file_name: str, masks, ed_frame: int, es_frame: int,
-                    has_mask=None, chords: int = CHORDS) -> LVLabelFiles:
+                    has_mask=None, chords: int = CHORDS, tracings_file: str | os.PathLike | None = None
+                    ) -> LVLabelFiles:
     """Write one video's LV labels into an EchoNet-layout folder: ``Masks/<file_name>.npz`` and its ED/ES
     tracings appended to ``VolumeTracings.csv`` (created with its header if missing).
 
     `masks` bool ``[T, 112, 112]`` (one per frame; a torch tensor or numpy array); `has_mask` bool ``[T]``
     marks frames whose mask is a label (default: all). Everything is checked before any file is touched.
-    Idempotent: an identical npz or existing tracings of `file_name` are kept as they are."""
+    Idempotent: an identical npz or existing tracings of `file_name` are kept as they are. The tracings are
+    appended first and the npz published last, so an existing npz means the video's labels are complete.
+    `tracings_file`: append there instead (a rank's own file, folded in later by `fold_tracings`)."""
     name = _check_file_name(file_name)
     m = _as_bool_masks(masks)
     if m.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -287,9 +293,12 @@ def write_lv_labels(root: str | os.PathLike, file_name: str, masks, ed_frame: in
     if not root.is_dir():
         raise LVLabelError(f"dataset folder {root} does not exist; write the video's FileList row first")
     target = root / MASKS_DIR / f"{name}.npz"
-    wrote_masks = _write_masks(target, m, has)
-    tracings = root / TRACINGS_NAME
+    if target.exists() and not _same_masks(target, m, has):
+        raise LVLabelError(f"{target} already exists with other masks; it is left alone (remove it yourself "
+                           "if it is stale, or write this video under another name)")
+    tracings = Path(tracings_file) if tracings_file is not None else root / TRACINGS_NAME
     wrote_tracings = _append_tracings(tracings, name, rows)
+    wrote_masks = _write_masks(target, m, has)
     order = list(dict.fromkeys(int(r[5]) for r in rows))
     return LVLabelFiles(target, tracings, order, wrote_masks, wrote_tracings)
 
@@ -299,3 +308,53 @@ def _as_flags(has_mask, frames: int) -> np.ndarray:
     if h.shape != (frames,):
         raise LVLabelError(f"has_mask must be [T] = [{frames}], got shape {h.shape}")
     return h.astype(bool)
+
+
+def traced_names(path: Path) -> set[str]:
+    """The videos (FileList names, without .avi) that a tracings CSV holds rows for (empty if it is missing)."""
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return {r[0].strip().removesuffix(".avi") for r in list(csv.reader(fh))[1:] if r}
+
+
+def fold_tracings(root: str | os.PathLike, sources: list[Path], names: set[str]) -> int:
+    """Append to ``VolumeTracings.csv`` the rows of `sources` (ranks' own tracing files) for the videos in
+    `names` that it has no rows for yet, in one locked append; returns how many videos were added. Rows
+    already there, of any video, are never rewritten."""
+    root = Path(root)
+    pending: dict[str, list[list[str]]] = {}
+    for src in sources:
+        with open(src, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                continue
+            _check_header(src, tuple(c.strip() for c in header))
+            for row in reader:
+                name = row[0].strip().removesuffix(".avi") if row else ""
+                if len(row) == len(TRACING_COLUMNS) and name in names:
+                    pending.setdefault(name, []).append(row)
+    target = root / TRACINGS_NAME
+    with open(target, "a+", newline="", encoding="utf-8") as fh:
+        _lock(fh)
+        fh.seek(0)
+        text = fh.read().removeprefix("\ufeff")
+        existing = list(csv.reader(io.StringIO(text)))
+        if existing:
+            _check_header(target, tuple(c.strip() for c in existing[0]))
+        have = {r[0].strip().removesuffix(".avi") for r in existing[1:] if r}
+        new = {k: v for k, v in sorted(pending.items()) if k not in have}
+        if not new:
+            return 0
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if not existing:
+            writer.writerow(TRACING_COLUMNS)
+        for rows in new.values():
+            writer.writerows(rows)
+        prefix = "\n" if text and not text.endswith(("\n", "\r")) else ""
+        fh.write(prefix + out.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(new)

@@ -55,6 +55,35 @@ def test_every_video_gets_its_lv_labels(gen, seg_root, tmp_path, monkeypatch):
     code, _, err = gen(out, "--count", "3", "--lv-labels", weights=seg_root)
     assert code == 0, err
     assert (out / "Masks" / f"{names[1]}.npz").is_file() and (out / "FileList.csv").read_bytes() == before
+    with open(out / "VolumeTracings.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)  # its tracings were there already: not added twice
+
+
+def test_slots_settled_as_duplicates_need_no_labels(gen, seg_root, tmp_path, monkeypatch):
+    """A prefix whose slots repeat videos of another prefix has rows for none of them: nothing to label."""
+    monkeypatch.setattr(LVSegNet, "segment", lambda self, frames: _beating(frames))
+    out = tmp_path / "ds"
+    assert gen(out, "--count", "2", "--prefix", "a", weights=seg_root)[0] == 0
+    code, _, err = gen(out, "--count", "2", "--prefix", "b", weights=seg_root)
+    assert code == 0, err
+    for _ in range(2):  # and again, now with labels: the catch-up must not look for b's (absent) videos
+        code, _, err = gen(out, "--count", "2", "--prefix", "b", "--lv-labels", weights=seg_root)
+        assert code == 0, err
+    assert [r.file_name for r in read_filelist(out)] == ["a_0000000", "a_0000001"]
+
+
+def test_ranks_write_their_own_tracings_and_the_merge_folds_them(gen, seg_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(LVSegNet, "segment", lambda self, frames: _beating(frames))
+    out = tmp_path / "ds"
+    for rank in ("0", "1"):
+        env = {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank}
+        code, _, err = gen(out, "--count", "4", "--lv-labels", weights=seg_root, env=env)
+        assert code == 0, err
+    shards = sorted(p.name for p in (out / "shards").glob("*.tracings.csv"))
+    assert shards == ["synth.rank0.tracings.csv", "synth.rank1.tracings.csv"]
+    with open(out / "VolumeTracings.csv", newline="") as fh:
+        traced = {r["FileName"] for r in csv.DictReader(fh)}
+    assert traced == {f"synth_000000{i}.avi" for i in range(4)}
 
 
 def test_a_video_without_a_found_lv_keeps_its_row_and_gets_no_labels(gen, seg_root, tmp_path, monkeypatch):

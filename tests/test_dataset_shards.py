@@ -224,3 +224,22 @@ def test_the_default_batch_size(tiny_root, monkeypatch):
     assert dataset_maker.auto_batch_size(pipe, 2.0, "cuda") == 1  # too little memory still runs, one at a time
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**15, 0))
     assert dataset_maker.auto_batch_size(pipe, 2.0, "cuda") == dataset_maker.MAX_AUTO_BATCH
+
+
+def test_a_rank_that_finds_the_merge_under_way_exits_cleanly(gen, run_cli, tmp_path):
+    """Two ranks finishing together: the one that finds the dataset locked leaves the merge to the holder
+    (exit 0, its video safe in its shard); `--merge` afterwards lists it."""
+    import fcntl
+
+    out = tmp_path / "ds"
+    assert gen(out, "--count", "2")[0] == 0  # FileList.csv exists, so a merge takes the writer's lock
+    rank = {"WORLD_SIZE": "2"}
+    assert gen(out, "--count", "4", env={**rank, "RANK": "0", "LOCAL_RANK": "0"})[0] == 0  # slot 3 still to come
+    with open(out / ".echonet-writer.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # another rank merging right now
+        code, _, err = gen(out, "--count", "4", env={**rank, "RANK": "1", "LOCAL_RANK": "1"})
+    assert code == 0, err
+    assert len(read_filelist(out)) == 2  # nothing merged under the other's lock
+    code, _, err = run_cli(["generate-dataset", "--merge", out])
+    assert code == 0, err
+    assert [r.file_name for r in read_filelist(out)] == [f"synth_000000{i}" for i in range(4)]

@@ -143,3 +143,20 @@ def test_out_folders_that_are_not_this_build_are_refused_before_encoding(vae, da
     build(vae, dataset, tmp_path / "c")
     with pytest.raises(SystemExit, match="other settings \\(with_std differ\\)"):
         build(vae, dataset, tmp_path / "c", with_std=True)
+
+
+def test_a_build_resumed_with_other_vae_weights_in_the_same_folder_is_refused(vae, dataset, tmp_path):
+    """A VAE retrained into the same folder must not finish a half-built cache of the old one."""
+    out = tmp_path / "c"
+    vae.source_folder = "/weights/vae/mine"
+    build(vae, dataset, out)
+    (out / INDEX_NAME).unlink()
+    (out / SHARD_DIR / shard_name(3)).unlink()  # interrupted before the last shard
+    other = AutoencoderKL(vae.config).eval()
+    torch.manual_seed(123)
+    for p in other.parameters():
+        p.data.normal_()
+    other.source_folder = "/weights/vae/mine"
+    with pytest.raises(SystemExit):
+        build(other, dataset, out)
+    assert not (out / SHARD_DIR / shard_name(3)).exists() and not (out / INDEX_NAME).exists()

@@ -282,8 +282,9 @@ class Run:
         problem = broadcast_from_main(problem)
         if problem:
             raise SystemExit(problem)
-        saved_global = self._saved_global_batch() if args.resume else None
-        self.grad_accum = self._accumulation(getattr(args, "global_batch", None) or saved_global)
+        asked = getattr(args, "global_batch", None)
+        saved_global = self._saved_global_batch() if args.resume and not asked else None
+        self.grad_accum = self._accumulation(asked or saved_global, from_checkpoint=not asked)
         self.global_batch = int(args.batch_size) * self.world.size * self.grad_accum
         self.slots = self.world.size * self.grad_accum
         first = self.world.rank * self.grad_accum
@@ -309,17 +310,20 @@ class Run:
 
     def _saved_global_batch(self) -> int | None:
         state = torch.load(str(self.state_path), map_location="cpu", weights_only=True)
-        return state.get("global_batch")
+        # a state saved before the global batch was recorded comes from one process without accumulation
+        return state.get("global_batch") or int(self.args.batch_size)
 
-    def _accumulation(self, global_batch: int | None) -> int:
+    def _accumulation(self, global_batch: int | None, from_checkpoint: bool = False) -> int:
         """Micro-batches per optimizer step on each rank for a global batch (1 when none is asked for)."""
         per_step = int(self.args.batch_size) * self.world.size
         if not global_batch:
             return 1
         if global_batch % per_step:
-            raise SystemExit(f"error: --global-batch {global_batch} is not a multiple of --batch-size "
-                             f"{self.args.batch_size} x {self.world.size} process(es) = {per_step}; pick a "
-                             "global batch (or batch size) so that it is")
+            what = (f"the checkpoint's global batch {global_batch} (the run being resumed)" if from_checkpoint
+                    else f"--global-batch {global_batch}")
+            raise SystemExit(f"error: {what} is not a multiple of --batch-size {self.args.batch_size} x "
+                             f"{self.world.size} process(es) = {per_step}; pick a batch size that divides it, or "
+                             "pass --global-batch to change the optimisation on purpose")
         return global_batch // per_step
 
     # -- setup -------------------------------------------------------------------------------------
@@ -512,8 +516,10 @@ class Run:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "extra": self.extra_state,
         }
-        if self.slots > 1:  # a single-process state stays exactly what it always was
-            state.update(generators=slots, global_batch=self.global_batch, world_size=self.world.size)
+        # the global batch is saved always, so a resume under torchrun keeps it (or says why it cannot)
+        state.update(global_batch=self.global_batch, world_size=self.world.size)
+        if self.slots > 1:
+            state.update(generators=slots)
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, str(tmp))
         os.replace(tmp, self.state_path)

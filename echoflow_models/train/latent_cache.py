@@ -246,6 +246,15 @@ def _check_out_folder(out: Path, recipe: dict) -> str | None:
     return None
 
 
+def _vae_fingerprint(vae) -> str:
+    """A hash of the weights the VAE encodes with (those in memory: what was loaded is what encodes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_latent_cache(vae: AutoencoderKL, root: str | os.PathLike, out_dir: str | os.PathLike,
                        splits=("TRAIN", "VAL", "TEST"), device: str | torch.device = "cpu",
                        with_std: bool = False, max_videos: int | None = None, chunk: int = 32,
@@ -259,7 +268,10 @@ def build_latent_cache(vae: AutoencoderKL, root: str | os.PathLike, out_dir: str
     names = "\n".join(r.file_name for r in records).encode()
     recipe = {"format": CACHE_FORMAT, "data": str(Path(root).resolve()), "splits": str(splits),
               "with_std": bool(with_std), "shard_videos": int(shard_videos), "videos": len(records),
-              "names_sha256": hashlib.sha256(names).hexdigest(), "vae": str(getattr(vae, "source_folder", ""))}
+              "names_sha256": hashlib.sha256(names).hexdigest(), "vae": str(getattr(vae, "source_folder", "")),
+              # the VAE's weights, not only its folder: a VAE retrained into the same folder must not resume
+              # a half-built cache of the old one; bf16 encodes differ from fp32 ones
+              "vae_weights": _vae_fingerprint(vae), "bf16": bool(bf16)}
     world = current_world()
     problem = None
     if world.is_main:
