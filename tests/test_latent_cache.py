@@ -160,3 +160,16 @@ def test_a_build_resumed_with_other_vae_weights_in_the_same_folder_is_refused(va
     with pytest.raises(SystemExit):
         build(other, dataset, out)
     assert not (out / SHARD_DIR / shard_name(3)).exists() and not (out / INDEX_NAME).exists()
+
+
+def test_reading_the_whole_cache_keeps_only_a_few_shards_mapped(vae, dataset, tmp_path, monkeypatch):
+    """Mapped pages count in the process's memory until unmapped: reading every frame (the scaling fit, a
+    long training run) must not leave every shard mapped, or memory grows with the cache."""
+    monkeypatch.setattr(latent_cache, "MAX_MAPPED_SHARDS", 2)
+    build(vae, dataset, tmp_path / "c")
+    cache = load_latent_cache(tmp_path / "c")
+    store = cache["mean"]
+    whole = store[:]
+    assert len(store.shards) == 4 and len(store._maps) == 2
+    assert list(store._maps) == [2, 3]  # the most recently read
+    torch.testing.assert_close(store[torch.arange(len(store))], whole)  # re-mapped shards read the same

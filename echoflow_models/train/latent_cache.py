@@ -24,7 +24,7 @@ import json
 import math
 import os
 import struct
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,6 +87,9 @@ def v1_refusal(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
+MAX_MAPPED_SHARDS = 8  # per array; 8 shards of EchoNet-Dynamic latents are about 0.6 GB of mappings
+
+
 class FrameStore:
     """One per-frame array of a cache (`mean`, `std`, `masks`, `has_mask`), memory-mapped shard by shard.
     `store[idx]` (an index tensor or int) reads only those frames, as a torch tensor."""
@@ -98,16 +101,25 @@ class FrameStore:
         self.starts = torch.tensor([0] + [s["frames"] for s in shards]).cumsum(0)
         self.shape = (int(self.starts[-1]), *frame_shape)
         self.dtype = dtype
-        self._maps: dict[int, np.memmap] = {}
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._layouts: dict[int, tuple] = {}
 
     def _map(self, k: int) -> np.memmap:
-        if k not in self._maps:
-            path = self.folder / SHARD_DIR / self.shards[k]["name"]
+        """Shard k's array, memory-mapped. At most MAX_MAPPED_SHARDS stay mapped (least recently used first
+        out): the pages a mapping has touched count in the process's memory until it is unmapped, so keeping
+        every shard mapped would grow with the cache."""
+        if k in self._maps:
+            self._maps.move_to_end(k)
+            return self._maps[k]
+        path = self.folder / SHARD_DIR / self.shards[k]["name"]
+        if k not in self._layouts:
             header, data_start = read_safetensors_header(path)
             info = header[self.name]
-            begin = info["data_offsets"][0]
-            self._maps[k] = np.memmap(path, dtype=NUMPY_DTYPES[info["dtype"]], mode="r", offset=data_start + begin,
-                                      shape=tuple(info["shape"]))
+            self._layouts[k] = (NUMPY_DTYPES[info["dtype"]], data_start + info["data_offsets"][0], tuple(info["shape"]))
+        dtype, offset, shape = self._layouts[k]
+        self._maps[k] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        while len(self._maps) > MAX_MAPPED_SHARDS:
+            self._maps.popitem(last=False)
         return self._maps[k]
 
     def __len__(self) -> int:

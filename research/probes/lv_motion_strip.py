@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = Image.fromarray(np.concatenate(rows, axis=0)).resize((2 * 224, len(rows) * 224), Image.NEAREST)
     draw = ImageDraw.Draw(grid)
     for i, ef in enumerate(args.efs.split(",")):
-        draw.text((4, i * 224 + 4), f"EF {ef}: largest / smallest LV", fill=(255, 255, 0))
+        draw.text((4, i * 224 + 4), f"EF {ef}: max | min LV", fill=(255, 255, 0))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.out)
     print(f"wrote {args.out}")
