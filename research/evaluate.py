@@ -502,6 +502,7 @@ def run_evaluation(root: Path, sizes: EvalSizes, seed: int = 0, view: str = "A4C
 # seed + 100 + i, synthetic seed * 1000 + i, privacy seed + 10000 + i, for seeds below 40), so the
 # guidance is chosen on other videos than those it is reported on.
 GUIDANCE_TUNING_SEED = 50_000
+SEG_TIE_POINTS = 0.25  # segmentation MAEs closer than this are a tie in `tune_guidance`
 
 
 def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates: list[float], videos: int,
@@ -509,8 +510,9 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
                   video_steps: int = 50, quiet: bool = False, seg: torch.nn.Module | None = None) -> dict:
     """EF fidelity (as in `evaluate`) of `videos` generated videos per candidate guidance, with the same
     seeds for every candidate. With an LV segmentation model the winner has the lowest MAE by segmentation
-    (the instrument a generator cannot satisfy with texture cues; ties: the lower regressor MAE, then the
-    smaller guidance); without one, the lowest regressor MAE."""
+    (the instrument a generator cannot satisfy with texture cues; MAEs within SEG_TIE_POINTS of the lowest
+    tie, and the lower regressor MAE, then the smaller guidance, decides); without one, the lowest
+    regressor MAE."""
     if not candidates or any(not 0.0 <= g <= MAX_GUIDANCE for g in candidates):
         raise ValueError(f"guidance candidates must be a non-empty list in [0, {MAX_GUIDANCE:g}], got {candidates}")
     if videos < 3:
@@ -527,8 +529,13 @@ def tune_guidance(pipe: EchoFlowPipeline, regressor: torch.nn.Module, candidates
         return value if np.isfinite(value) else float("inf")
 
     if seg is not None:
-        best = min(candidates, key=lambda g: (seg_mae(g), table[f"{g:g}"]["mae"], g))
-        criterion = "lowest MAE of EF by LV segmentation vs requested EF (20-80 %); ties: regressor MAE"
+        # candidates within SEG_TIE_POINTS of the best segmentation MAE are ties (16 videos cannot rank
+        # closer than that), broken by the regressor's MAE, then the smaller guidance
+        floor = min(seg_mae(g) for g in candidates)
+        tied = [g for g in candidates if seg_mae(g) <= floor + SEG_TIE_POINTS]
+        best = min(tied, key=lambda g: (table[f"{g:g}"]["mae"], g))
+        criterion = (f"lowest MAE of EF by LV segmentation vs requested EF (20-80 %); within {SEG_TIE_POINTS:g} "
+                     "points of it, the lowest regressor MAE")
     else:
         best = min(candidates, key=lambda g: (table[f"{g:g}"]["mae"], g))
         criterion = "lowest EF MAE of generated vs requested EF (20-80 %), by the EF regressor (no seg model)"
