@@ -118,3 +118,20 @@ def test_a_global_batch_that_does_not_split_into_micro_batches_is_refused(tmp_pa
     with pytest.raises(SystemExit, match="--global-batch 5 is not a multiple of --batch-size 2"):
         train("lvfm", latents=str(cache), out=str(tmp_path / "o"), steps=1, global_batch=5, **LVFM)
     assert not (tmp_path / "o" / "training" / "state.pt").exists()
+
+
+def test_a_resume_keeps_the_checkpoints_global_batch_or_says_why_not(tmp_path):
+    """Every state records its global batch; resuming a one-process run (batch 2) on 2 processes of batch 2
+    would double it, so it is refused with the reason instead of changing the optimisation silently."""
+    from types import SimpleNamespace
+
+    from echoflow_models.train.common import Run
+
+    out = tmp_path / "run"
+    train("lvfm", latents=str(write_random_cache(tmp_path / "cache")), out=str(out), steps=1, **LVFM)
+    state = torch.load(out / "training" / "state.pt", weights_only=True)
+    assert state["global_batch"] == 2 and state["world_size"] == 1
+    two_ranks = SimpleNamespace(args=SimpleNamespace(batch_size=2), world=SimpleNamespace(size=2))
+    with pytest.raises(SystemExit, match="the checkpoint's global batch 2"):
+        Run._accumulation(two_ranks, 2, from_checkpoint=True)
+    assert Run._accumulation(two_ranks, 8, from_checkpoint=True) == 2  # 2 x 2 processes x 2 micro-batches

@@ -142,3 +142,17 @@ def test_traced_frames_pick_one_beat():
     assert traced_frames(volumes, [], []) == (5, 3)  # no beat found: the largest and smallest volume
     rows = tracing_rows("v", np.ones((2, 112, 112), bool), [1, 1])
     assert len(rows) == 1 + CHORDS  # a frame named twice is traced once
+
+
+def test_labels_are_written_where_file_locks_are_unsupported(video, tmp_path, monkeypatch):
+    """Some network file systems refuse advisory locks (ENOLCK): the labels are still written, whole."""
+    import errno
+    import fcntl
+
+    def no_locks(*_args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    files = write_lv_labels(tmp_path, "synth_00001", video.lv_masks, video.ed_frames[0], video.es_frames[0])
+    assert files.wrote_masks and files.wrote_tracings
+    assert (tmp_path / "VolumeTracings.csv").read_text().count("\nsynth_00001.avi,") == 2 * (1 + CHORDS)
