@@ -427,11 +427,10 @@ class LVLabeller:
     def label(self, name: str, frames) -> None:
         """Segment and write; a video whose LV the model cannot find keeps its row and gets no labels (said,
         and counted in the summary: a wrong outline would be worse than none)."""
-        from .lv_ef import measure_ef
+        from .lv_ef import segment_and_measure
         from .lv_labels import LVLabelError, traced_frames, write_lv_labels
 
-        masks = self.seg.segment(frames)
-        measured = measure_ef(masks, self.fps, self.view)
+        masks, measured = segment_and_measure(self.seg, frames, self.fps, self.view)
         try:
             ed, es = traced_frames(measured.volumes, measured.ed_frames, measured.es_frames)
             write_lv_labels(self.out, name, masks, ed, es, tracings_file=self.tracings)

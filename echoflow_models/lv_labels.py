@@ -244,31 +244,36 @@ def check_tracings_file(root: str | os.PathLike) -> None:
 
 
 def _append_tracings(path: Path, file_name: str, rows: list[list[str]]) -> bool:
-    """Append `rows` under an exclusive lock, creating the CSV with its header if missing. Other rows are never
-    rewritten; a video that already has tracings gets none added (False), and an existing CSV whose header
-    is not EchoNet's is refused."""
+    """Append one video's `rows` (see `_append_videos`); False when the CSV has tracings of it already."""
+    return bool(_append_videos(path, {file_name: rows}))
+
+
+def _append_videos(path: Path, rows_by_name: dict[str, list[list[str]]]) -> list[str]:
+    """Append the rows of every video in `rows_by_name` that the CSV has no tracings of yet, under an exclusive
+    lock, creating the CSV with its header if missing; returns the videos added. Other rows are never
+    rewritten, and an existing CSV whose header is not EchoNet's is refused."""
     with open(path, "a+", newline="", encoding="utf-8") as fh:
         _lock(fh)
         fh.seek(0)
-        text = fh.read()
-        if text.startswith("\ufeff"):
-            text = text[1:]
+        text = fh.read().removeprefix("\ufeff")
         existing = list(csv.reader(io.StringIO(text)))
         if existing:
             _check_header(path, tuple(c.strip() for c in existing[0]))
-            names = {r[0].strip().removesuffix(".avi") for r in existing[1:] if r}
-            if file_name in names:
-                return False
+        have = {r[0].strip().removesuffix(".avi") for r in existing[1:] if r}
+        new = [name for name in rows_by_name if name not in have]
+        if not new:
+            return []
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if not existing:
             writer.writerow(TRACING_COLUMNS)
-        writer.writerows(rows)
+        for name in new:
+            writer.writerows(rows_by_name[name])
         prefix = "\n" if text and not text.endswith(("\n", "\r")) else ""  # a last line without its newline
         fh.write(prefix + out.getvalue())
         fh.flush()
         os.fsync(fh.fileno())
-    return True
+    return new
 
 
 def write_lv_labels(root: str | os.PathLike, file_name: str, masks, ed_frame: int, es_frame: int,
@@ -310,14 +315,6 @@ def _as_flags(has_mask, frames: int) -> np.ndarray:
     return h.astype(bool)
 
 
-def traced_names(path: Path) -> set[str]:
-    """The videos (FileList names, without .avi) that a tracings CSV holds rows for (empty if it is missing)."""
-    if not path.is_file():
-        return set()
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return {r[0].strip().removesuffix(".avi") for r in list(csv.reader(fh))[1:] if r}
-
-
 def fold_tracings(root: str | os.PathLike, sources: list[Path], names: set[str]) -> int:
     """Append to ``VolumeTracings.csv`` the rows of `sources` (ranks' own tracing files) for the videos in
     `names` that it has no rows for yet, in one locked append; returns how many videos were added. Rows
@@ -335,26 +332,4 @@ def fold_tracings(root: str | os.PathLike, sources: list[Path], names: set[str])
                 name = row[0].strip().removesuffix(".avi") if row else ""
                 if len(row) == len(TRACING_COLUMNS) and name in names:
                     pending.setdefault(name, []).append(row)
-    target = root / TRACINGS_NAME
-    with open(target, "a+", newline="", encoding="utf-8") as fh:
-        _lock(fh)
-        fh.seek(0)
-        text = fh.read().removeprefix("\ufeff")
-        existing = list(csv.reader(io.StringIO(text)))
-        if existing:
-            _check_header(target, tuple(c.strip() for c in existing[0]))
-        have = {r[0].strip().removesuffix(".avi") for r in existing[1:] if r}
-        new = {k: v for k, v in sorted(pending.items()) if k not in have}
-        if not new:
-            return 0
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        if not existing:
-            writer.writerow(TRACING_COLUMNS)
-        for rows in new.values():
-            writer.writerows(rows)
-        prefix = "\n" if text and not text.endswith(("\n", "\r")) else ""
-        fh.write(prefix + out.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    return len(new)
+    return len(_append_videos(root / TRACINGS_NAME, dict(sorted(pending.items()))))

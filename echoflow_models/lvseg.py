@@ -110,6 +110,9 @@ class LVSegNet(nn.Module):
         return clean_masks(torch.cat(out))
 
 
+CROSS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # a pixel and its 4-neighbourhood
+
+
 def largest_region(masks: torch.Tensor) -> torch.Tensor:
     """bool [T, H, W] -> the largest 4-connected region of each frame (empty frames stay empty).
 
@@ -120,12 +123,10 @@ def largest_region(masks: torch.Tensor) -> torch.Tensor:
         return masks.clone()
     inside = masks[:, None].float()
     labels = (torch.arange(1, h * w + 1, dtype=torch.float32).reshape(1, 1, h, w) * inside)
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
     for _ in range(h * w):
-        # 4-neighbourhood max: max-pool over the cross only (pool a padded copy per direction)
+        # the maximum over each pixel and its 4 neighbours (shifted views of a padded copy), inside the mask
         padded = F.pad(labels, (1, 1, 1, 1))
-        nxt = torch.stack([padded[..., 1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
-                           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if cross[dy + 1, dx + 1]], 0).amax(0)
+        nxt = torch.stack([padded[..., 1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] for dy, dx in CROSS], 0).amax(0)
         nxt = nxt * inside
         if torch.equal(nxt, labels):
             break
@@ -141,11 +142,10 @@ def largest_region(masks: torch.Tensor) -> torch.Tensor:
 
 def fill_holes(masks: torch.Tensor) -> torch.Tensor:
     """bool [T, H, W] -> the masks with every background region not reachable from the border filled."""
-    outside = ~largest_region_touching_border(~masks)
-    return masks | outside
+    return ~border_connected(~masks)  # the mask plus every background pocket the border cannot reach
 
 
-def largest_region_touching_border(background: torch.Tensor) -> torch.Tensor:
+def border_connected(background: torch.Tensor) -> torch.Tensor:
     """bool [T, H, W]: the background pixels connected (4-neighbourhood) to the image border."""
     reach = torch.zeros_like(background)
     reach[:, 0, :] = background[:, 0, :]

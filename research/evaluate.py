@@ -151,7 +151,8 @@ def evaluate_ef_fidelity(pipe: EchoFlowPipeline, regressor: torch.nn.Module, siz
     }
     if seg is not None:
         out["by_segmentation"] = response_stats(requested, seg_ef(seg, videos, view))
-        out["flicker_ef_r"] = float(np.corrcoef(requested, [temporal_flicker(torch.from_numpy(v)) for v in videos])[0, 1])
+        flicker = np.array([temporal_flicker(torch.from_numpy(v)) for v in videos])
+        out["flicker_ef_r"] = flicker_coupling(flicker, requested)["pearson_r_ef"]
     return out
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from echoflow_models.checkpoint import load_model
-from echoflow_models.lv_ef import measure_ef
+from echoflow_models.lv_ef import segment_and_measure
 from echoflow_models.lvseg import LVSegNet
+from echoflow_models.metrics import regression_metrics
 from echoflow_models.phantom import PatientAnatomy, render_video
 from echoflow_models.weights import find_model_folders
 
@@ -41,7 +42,7 @@ def load_seg(root: Path) -> LVSegNet:
 
 def seg_ef(model: LVSegNet, videos: list[np.ndarray], view: str = "A4C", fps: float = 32.0) -> np.ndarray:
     """EF (percent) of each uint8 video [T, H, W(, C)] by segmentation; NaN where no beat could be read."""
-    return np.array([measure_ef(model.segment(v), fps, view).ef for v in videos], dtype=np.float64)
+    return np.array([segment_and_measure(model, v, fps, view)[1].ef for v in videos], dtype=np.float64)
 
 
 def response_stats(requested: np.ndarray, measured: np.ndarray) -> dict:
@@ -56,10 +57,11 @@ def response_stats(requested: np.ndarray, measured: np.ndarray) -> dict:
     if ok.sum() < 3:
         return out
     x, y = requested[ok], measured[ok]
+    fit = regression_metrics(torch.from_numpy(x), torch.from_numpy(y))  # MAE and r as `evaluate` reports them
     slope, intercept = np.polyfit(x, y, 1)
     residual = y - (slope * x + intercept)
-    out.update(mae=float(np.abs(y - x).mean()), pearson_r=float(np.corrcoef(x, y)[0, 1]), slope=float(slope),
-               intercept=float(intercept), bias=float((y - x).mean()), residual_sd=float(residual.std(ddof=2)))
+    out.update(mae=fit["mae"], pearson_r=fit["pearson_r"], slope=float(slope), intercept=float(intercept),
+               bias=float((y - x).mean()), residual_sd=float(residual.std(ddof=2)))
     return out
 
 

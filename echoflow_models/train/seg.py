@@ -28,9 +28,9 @@ from .. import metrics
 from ..checkpoint import load_model
 from ..lv_ef import measure_ef
 from ..lvseg import LVSegConfig, LVSegNet
-from ..vae import frames_to_model_range, model_range_to_frames
+from ..vae import model_range_to_frames
 from .common import Run, add_common_args
-from .data import MaskSource, load_frames, record_view, select_records
+from .data import MaskSource, encode_frames, load_frames, record_view, select_records
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +55,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def reconstruct_frames(vae, frames: torch.Tensor, device: torch.device, chunk: int = 32,
                        bf16: bool = False) -> torch.Tensor:
     """uint8 [N, H, W] -> uint8 [N, H, W]: each frame through the A-VAE (posterior mean, decoded)."""
+    means, _ = encode_frames(vae, frames, device, chunk, bf16=bf16)  # the latent cache's encoding
     out = []
-    for part in frames.split(chunk):
+    for part in means.split(chunk):
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
-            x = vae.decode(vae.encode(frames_to_model_range(part).to(device)).mode())
+            x = vae.decode(part.to(device))
         out.append(model_range_to_frames(x.float())[..., 0].cpu())
     return torch.cat(out)
 
